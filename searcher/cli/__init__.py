@@ -1,0 +1,16 @@
+"""The ``searcher`` command line: a thin layer over :class:`searcher.Library`.
+
+Each module registers its commands on :data:`searcher.cli.app.app`.
+"""
+
+from __future__ import annotations
+
+from searcher.cli import core  # noqa: F401  (registers commands)
+from searcher.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

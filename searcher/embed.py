@@ -1,0 +1,146 @@
+"""Stage 3: decoded images -> L2-normalised embeddings.
+
+:class:`Embedder` wraps one backbone in a compiled ``tf.function`` (one trace,
+any batch size), does the backbone's own preprocessing inside the graph, pools
+the last feature map (avg, max or GeM) and L2-normalises the result. Only this
+module (and the backbone builders) import TensorFlow, and only when an
+:class:`Embedder` is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from searcher.backbones.registry import (
+    PREPROCESS_VERSION,
+    BackboneSpec,
+    get_backbone,
+    resolve_weights,
+    weights_checksum,
+)
+
+POOLINGS = ("avg", "max", "gem")
+GEM_P = 3.0
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Everything that makes two vectors comparable; ``key`` names the FAISS index."""
+
+    backbone: str
+    weights_sha256: str
+    weights_source: str
+    preprocess_version: str
+    pooling: str
+    dim: int
+
+    @property
+    def key(self) -> str:
+        prep = hashlib.sha1(self.preprocess_version.encode()).hexdigest()[:8]
+        return f"{self.backbone}-{self.pooling}-w{self.weights_sha256[:12]}-p{prep}"
+
+
+def model_identity(spec: BackboneSpec, weights: str | None = "imagenet", pooling: str = "avg") -> ModelIdentity:
+    """The identity of ``spec`` with these weights and pooling, without building the network.
+
+    For Keras' ``imagenet`` weights that are not yet cached the checksum is taken after download.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+    resolved = resolve_weights(spec, weights)
+    return ModelIdentity(
+        backbone=spec.name,
+        weights_sha256=weights_checksum(resolved, spec),
+        weights_source=resolved or "random",
+        preprocess_version=f"{PREPROCESS_VERSION}:{spec.preprocess_id}",
+        pooling=pooling,
+        dim=spec.dim,
+    )
+
+
+def configure_tensorflow() -> None:
+    """Import TensorFlow quietly (its C++ start-up lines go to a muted stderr) once per process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" in sys.modules or os.environ.get("SEARCHER_DEBUG") == "1":
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class Embedder:
+    """A backbone ready to embed batches of uint8 RGB images of its input size."""
+
+    def __init__(
+        self,
+        backbone: str | BackboneSpec,
+        weights: str | None = "imagenet",
+        pooling: str = "avg",
+        identity: ModelIdentity | None = None,
+    ) -> None:
+        configure_tensorflow()
+        import tensorflow as tf
+
+        self.spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        self.pooling = pooling
+        resolved = resolve_weights(self.spec, weights)
+        size = self.spec.input_size
+        self.model = self.spec.build(resolved, (size, size, 3))
+        self.identity = identity or ModelIdentity(
+            backbone=self.spec.name,
+            weights_sha256=weights_checksum(resolved, self.spec),
+            weights_source=resolved or "random",
+            preprocess_version=f"{PREPROCESS_VERSION}:{self.spec.preprocess_id}",
+            pooling=pooling,
+            dim=self.spec.dim,
+        )
+        self.gpu = bool(tf.config.list_physical_devices("GPU"))
+        preprocess = self.spec.preprocess
+        model = self.model
+
+        def forward(batch: tf.Tensor) -> tf.Tensor:
+            x = preprocess(tf.cast(batch, tf.float32))
+            fmap = tf.cast(model(x, training=False), tf.float32)
+            if pooling == "avg":
+                pooled = tf.reduce_mean(fmap, axis=[1, 2])
+            elif pooling == "max":
+                pooled = tf.reduce_max(fmap, axis=[1, 2])
+            else:
+                pooled = tf.pow(tf.reduce_mean(tf.pow(tf.maximum(fmap, 1e-6), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
+            return tf.math.l2_normalize(pooled, axis=1)
+
+        self._forward = tf.function(
+            forward,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
+            reduce_retracing=True,
+        )
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.spec.input_size, self.spec.input_size)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 -> (n, dim) float32 unit vectors."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self._forward(np.ascontiguousarray(images, dtype=np.uint8)).numpy().astype(np.float32)

@@ -1,0 +1,790 @@
+"""The library API that the CLI is a thin layer over.
+
+    from searcher import Library
+    with Library.open("~/photos-library") as lib:
+        report = lib.index(["~/Pictures"])
+        for hit in lib.query(["cat.jpg"], k=5)[0].results:
+            print(hit.score, hit.path)
+
+A library is one folder: ``library.db`` (SQLite, the source of truth: files,
+their metadata and every vector) and ``indexes/<model key>.faiss`` (one FAISS
+index per embedding model, rebuilt from SQLite whenever it is missing or stale).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from platformdirs import user_data_dir
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from searcher import store
+from searcher.backbones.registry import DEFAULT_BACKBONE, get_backbone
+from searcher.decode import DecodeError, load_for_model
+from searcher.embed import ModelIdentity, model_identity
+from searcher.files import FileEntry, absolute, content_hash, discover, fingerprint, looks_like_image
+from searcher.locking import WriteLock
+from searcher.pipeline import batched, decode_stream
+from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, Meta, ModelRow
+from searcher.vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from searcher.embed import Embedder
+
+DB_NAME = "library.db"
+INDEX_DIR = "indexes"
+LOCK_NAME = "write.lock"
+SAVE_EVERY_S = 60.0
+
+
+class LibraryError(RuntimeError):
+    """A problem a user can act on (shown as one line by the CLI)."""
+
+
+class LibraryNotFound(LibraryError):
+    pass
+
+
+def default_library_path() -> Path:
+    """``$SEARCHER_LIBRARY``, else the per-user data folder (XDG data home on Linux)."""
+    env = os.environ.get("SEARCHER_LIBRARY")
+    if env:
+        return Path(env).expanduser()
+    return Path(user_data_dir("searcher", appauthor=False)) / "library"
+
+
+class Progress:
+    """Hooks for long work; the CLI passes one that draws progress bars. The default is silent."""
+
+    def begin(self, label: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def end(self) -> None: ...
+
+
+@dataclass
+class IndexReport:
+    """What one ``index`` run did."""
+
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    moved: int = 0
+    failed: int = 0
+    embedded: int = 0
+    reused: int = 0  # new files whose content was already indexed: vector copied, not computed
+    backbone: str = ""
+    model_key: str = ""
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["failures"] = [{"path": p, "error": e} for p, e in self.failures]
+        return out
+
+
+@dataclass
+class Hit:
+    rank: int
+    path: str
+    score: float
+    width: int | None
+    height: int | None
+    image_id: int
+
+
+@dataclass
+class QueryResult:
+    query: str
+    results: list[Hit]
+    error: str | None = None
+    embedded: bool = False  # False when the probe's stored vector was reused
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "query": self.query,
+            "results": [
+                {
+                    "rank": h.rank,
+                    "path": h.path,
+                    "score": round(h.score, 6),
+                    "width": h.width,
+                    "height": h.height,
+                }
+                for h in self.results
+            ],
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class _Work:
+    """One file to decode and embed."""
+
+    entry: FileEntry
+    content_hash: str
+    existing_id: int | None = None  # set when the row exists and only this model's vector is missing
+
+
+class Library:
+    """An image library on disk. Open with :meth:`open`; close with :meth:`close` or ``with``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.db_path = root / DB_NAME
+        self.engine = store.open_engine(self.db_path)
+        store.init_schema(self.engine)
+        self.sessions = store.make_sessionmaker(self.engine)
+        self._lock = WriteLock(root / LOCK_NAME)
+        self._indexes: dict[str, VectorIndex] = {}
+        self._embedders: dict[str, Embedder] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> Library:
+        """Open the library at ``path`` (default: :func:`default_library_path`), creating it if asked."""
+        root = Path(path).expanduser() if path is not None else default_library_path()
+        root = Path(absolute(root))
+        if not (root / DB_NAME).exists():
+            if not create:
+                raise LibraryNotFound(
+                    f"no library at {root}; create one with `searcher index FOLDER` "
+                    "(or point --library / SEARCHER_LIBRARY at an existing one)"
+                )
+            if root.exists() and not root.is_dir():
+                raise LibraryError(f"{root} exists and is not a folder")
+            root.mkdir(parents=True, exist_ok=True)
+            (root / INDEX_DIR).mkdir(exist_ok=True)
+        return cls(root)
+
+    def close(self) -> None:
+        self._lock.release()
+        self._indexes.clear()
+        self._embedders.clear()
+        self.engine.dispose()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- models ------------------------------------------------------------------------------
+    def _get_meta(self, session: Session, key: str) -> str | None:
+        row = session.get(Meta, key)
+        return row.value if row else None
+
+    def _set_meta(self, session: Session, key: str, value: str) -> None:
+        row = session.get(Meta, key)
+        if row is None:
+            session.add(Meta(key=key, value=value))
+        else:
+            row.value = value
+
+    def _model_row(self, session: Session, identity: ModelIdentity, create: bool) -> ModelRow | None:
+        row = session.execute(select(ModelRow).where(ModelRow.key == identity.key)).scalar_one_or_none()
+        if row is None and create:
+            row = ModelRow(
+                key=identity.key,
+                backbone=identity.backbone,
+                weights_sha256=identity.weights_sha256,
+                weights_source=identity.weights_source,
+                preprocess_version=identity.preprocess_version,
+                pooling=identity.pooling,
+                dim=identity.dim,
+                revision=0,
+            )
+            session.add(row)
+            session.flush()
+            if self._get_meta(session, "default_model") is None:
+                self._set_meta(session, "default_model", identity.key)
+        return row
+
+    def models(self) -> list[ModelRow]:
+        with self.sessions() as session:
+            return list(session.execute(select(ModelRow).order_by(ModelRow.id)).scalars())
+
+    def find_model(self, backbone: str | None = None, pooling: str | None = None) -> ModelRow:
+        """The model a query should use: the library's default, or the named backbone's vectors."""
+        with self.sessions() as session:
+            if backbone is None:
+                key = self._get_meta(session, "default_model")
+                if key is None:
+                    raise LibraryError("this library has no indexed images yet; run `searcher index FOLDER`")
+                row = session.execute(select(ModelRow).where(ModelRow.key == key)).scalar_one()
+                if pooling is None or row.pooling == pooling:
+                    return row
+                backbone = row.backbone
+            name = get_backbone(backbone).name
+            stmt = select(ModelRow).where(ModelRow.backbone == name)
+            if pooling is not None:
+                stmt = stmt.where(ModelRow.pooling == pooling)
+            rows = list(session.execute(stmt).scalars())
+            if not rows:
+                raise LibraryError(
+                    f"no images in this library were indexed with {name}"
+                    + (f" and {pooling} pooling" if pooling else "")
+                    + f"; run `searcher index --backbone {name} FOLDER` first"
+                )
+            counts = {r.id: session.scalar(select(func.count()).where(EmbeddingRow.model_id == r.id)) for r in rows}
+            return max(rows, key=lambda r: (counts[r.id], r.id))
+
+    def embedder_for(self, model: ModelRow) -> Embedder:
+        """A loaded network that produces vectors comparable with ``model``'s (built once, kept)."""
+        if model.key not in self._embedders:
+            from searcher.embed import Embedder
+
+            weights: str | None = model.weights_source
+            if weights == "random":
+                weights = None
+            elif weights not in (None, "imagenet") and not os.path.isfile(weights):
+                weights = "imagenet"  # e.g. the pip package moved to another virtualenv
+            embedder = Embedder(model.backbone, weights=weights, pooling=model.pooling)
+            if embedder.identity.key != model.key:
+                raise LibraryError(
+                    f"the weights of {model.backbone} on this machine differ from those that built this "
+                    f"library's vectors ({embedder.identity.key} != {model.key}); pass the same --weights"
+                )
+            self._embedders[model.key] = embedder
+        return self._embedders[model.key]
+
+    def vector_index(self, model: ModelRow) -> VectorIndex:
+        """The model's FAISS index, loaded from disk and reconciled with SQLite (cached per session)."""
+        cached = self._indexes.get(model.key)
+        if cached is not None:
+            return cached
+        path = self.index_path(model)
+        with self.sessions() as session:
+            db_model = session.get(ModelRow, model.id)
+            assert db_model is not None
+            revision = db_model.revision
+            index, state = None, None
+            if path.exists():
+                try:
+                    index, state = VectorIndex.load(path, model.dim)
+                except ValueError:
+                    index, state = None, None  # rebuilt below from the stored vectors
+            if index is None:
+                index = VectorIndex(model.dim)
+            if state is None or state.revision != revision or state.count != len(index):
+                expected = store.vector_ids(session, model.id)
+
+                def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    found = store.vectors_for(session, model.id, ids.tolist())
+                    keys = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
+                    vecs = np.stack(list(found.values())) if found else np.zeros((0, model.dim), np.float32)
+                    return keys, vecs
+
+                index.reconcile(expected, fetch)
+        self._indexes[model.key] = index
+        return index
+
+    def index_path(self, model: ModelRow) -> Path:
+        return self.root / INDEX_DIR / f"{model.key}.faiss"
+
+    def _save_index(self, model: ModelRow, index: VectorIndex) -> None:
+        with self.sessions() as session:
+            revision = session.get(ModelRow, model.id).revision  # type: ignore[union-attr]
+        index.save(self.index_path(model), revision)
+
+    # --- indexing ----------------------------------------------------------------------------
+    def index(
+        self,
+        roots: Sequence[str | os.PathLike[str]],
+        *,
+        backbone: str | None = None,
+        weights: str | None = None,
+        pooling: str = "avg",
+        batch_size: int = 32,
+        workers: int | None = None,
+        retry_failed: bool = False,
+        wait: float = 0.0,
+        max_pixels: int | None = None,
+        progress: Progress | None = None,
+    ) -> IndexReport:
+        """Bring the library up to date with the image files under ``roots``.
+
+        ``backbone``/``weights`` default to those of the library's default model
+        (EfficientNet-Lite0 with its bundled ImageNet weights in a new library);
+        ``weights`` is ``"imagenet"``, a file path, or ``"none"`` for random init.
+        Only new and changed files are embedded; files gone from disk leave the
+        library; moved or renamed files (same content) keep their vectors; copies
+        of already indexed content reuse the stored vector. Work is committed every
+        ``batch_size`` images, so an interrupted run loses at most one batch and the
+        next run finishes the job.
+        """
+        progress = progress or Progress()
+        started = time.monotonic()
+        root_paths = [Path(absolute(r)) for r in roots]
+        for r in root_paths:
+            if not r.exists() and not r.is_symlink():
+                raise LibraryError(f"no such file or folder: {r}")
+        self._lock.acquire(wait)
+        try:
+            default = self._default_model()
+            spec = get_backbone(backbone or (default.backbone if default else DEFAULT_BACKBONE))
+            if weights is None:
+                weights = "imagenet"
+                if default is not None and default.backbone == spec.name and default.weights_source != "imagenet":
+                    weights = "none" if default.weights_source == "random" else default.weights_source
+            if weights == "none":
+                weights = None
+            embedder: Embedder | None = None
+            try:
+                identity = model_identity(spec, weights, pooling)
+            except FileNotFoundError:  # Keras weights not cached yet: building downloads them
+                from searcher.embed import Embedder
+
+                embedder = Embedder(spec, weights=weights, pooling=pooling)
+                identity = embedder.identity
+            with self.sessions() as session, session.begin():
+                model = self._model_row(session, identity, create=True)
+                assert model is not None
+            if embedder is not None:
+                self._embedders[model.key] = embedder
+            report = IndexReport(backbone=spec.name, model_key=model.key)
+            plan = self._plan(root_paths, model, report, retry_failed, progress)
+            index = self.vector_index(model)
+            self._apply_plan_removals(plan, model, index, report)
+            try:
+                if plan.to_embed:
+                    self._embed_and_store(
+                        plan.to_embed, model, index, report, batch_size, workers, max_pixels, progress
+                    )
+                self._add_late_copies(plan, model, index, report)
+            except KeyboardInterrupt:
+                report.interrupted = True
+            finally:
+                self._save_index(model, index)
+            report.seconds = time.monotonic() - started
+            if report.interrupted:
+                raise IndexInterrupted(report)
+            return report
+        finally:
+            self._lock.release()
+
+    def _default_model(self) -> ModelRow | None:
+        with self.sessions() as session:
+            key = self._get_meta(session, "default_model")
+            if key is None:
+                return None
+            return session.execute(select(ModelRow).where(ModelRow.key == key)).scalar_one_or_none()
+
+    def _plan(
+        self,
+        roots: list[Path],
+        model: ModelRow,
+        report: IndexReport,
+        retry_failed: bool,
+        progress: Progress,
+    ) -> _Plan:
+        plan = _Plan()
+        unreadable: list[tuple[str, str]] = []
+        progress.begin("Scanning", 0)
+        entries: list[FileEntry] = []
+        exclude = [self.root]
+        for entry in discover(roots, exclude=exclude, on_error=lambda p, r: unreadable.append((p, r))):
+            entries.append(entry)
+            progress.advance()
+        progress.end()
+
+        with self.sessions() as session:
+            existing = {row.path: row for row in store.rows_under(session, roots)}
+            have_vector = set(
+                session.execute(select(EmbeddingRow.image_id).where(EmbeddingRow.model_id == model.id)).scalars()
+            )
+        to_hash: list[tuple[FileEntry, ImageRow | None]] = []
+        for entry in entries:
+            row = existing.pop(entry.path, None)
+            if row is None:
+                to_hash.append((entry, None))
+            elif row.size == entry.size and row.mtime_ns == entry.mtime_ns:
+                if row.status == STATUS_FAILED:
+                    if retry_failed:
+                        plan.delete_ids.append(row.id)
+                        to_hash.append((entry, None))
+                    else:
+                        report.unchanged += 1
+                        report.failed += 1
+                elif row.id not in have_vector:
+                    plan.to_embed.append(_Work(entry, row.content_hash or "", existing_id=row.id))
+                    report.unchanged += 1
+                else:
+                    report.unchanged += 1
+            else:
+                to_hash.append((entry, row))
+        # Paths that were indexed and can no longer be read (deleted, or now a dangling link).
+        vanished = list(existing.values())
+
+        hashes = self._hash_all([e for e, _ in to_hash], progress)
+        vanished_by_hash: dict[str, list[ImageRow]] = {}
+        for row in vanished:
+            if row.status == STATUS_OK and row.content_hash:
+                vanished_by_hash.setdefault(row.content_hash, []).append(row)
+
+        pending_hashes: set[str] = set()
+        with self.sessions() as session:
+            for (entry, row), digest in zip(to_hash, hashes, strict=True):
+                if digest is None:  # unreadable between scan and hash
+                    unreadable.append((entry.path, "could not read the file"))
+                    if row is not None:
+                        plan.delete_ids.append(row.id)
+                    continue
+                if row is not None:
+                    if row.content_hash == digest and row.status == STATUS_OK:
+                        plan.touch.append((row.id, entry))  # same bytes, new mtime
+                        report.unchanged += 1
+                        if row.id not in have_vector:
+                            plan.to_embed.append(_Work(entry, digest, existing_id=row.id))
+                        continue
+                    plan.delete_ids.append(row.id)
+                    plan.to_embed.append(_Work(entry, digest))
+                    report.changed += 1
+                    continue
+                moved_from = vanished_by_hash.get(digest)
+                if moved_from:
+                    old = moved_from.pop()
+                    vanished.remove(old)
+                    plan.moves.append((old.id, entry))
+                    report.moved += 1
+                    if old.id not in have_vector:
+                        plan.to_embed.append(_Work(entry, digest, existing_id=old.id))
+                    continue
+                twin = session.execute(
+                    select(ImageRow.id)
+                    .join(EmbeddingRow, EmbeddingRow.image_id == ImageRow.id)
+                    .where(
+                        ImageRow.content_hash == digest,
+                        ImageRow.status == STATUS_OK,
+                        EmbeddingRow.model_id == model.id,
+                    )
+                    .limit(1)
+                ).scalar_one_or_none()
+                report.new += 1
+                if twin is not None:
+                    plan.copies.append((twin, entry, digest))
+                elif digest in pending_hashes:  # a second copy of content new in this run
+                    plan.late_copies.append((entry, digest))
+                else:
+                    pending_hashes.add(digest)
+                    plan.to_embed.append(_Work(entry, digest))
+        plan.delete_ids.extend(row.id for row in vanished)
+        report.removed = len(vanished)
+        plan.unreadable = unreadable
+        return plan
+
+    def _hash_all(self, entries: list[FileEntry], progress: Progress) -> list[str | None]:
+        def one(entry: FileEntry) -> str | None:
+            try:
+                return content_hash(entry.path)
+            except OSError:
+                return None
+
+        if not entries:
+            return []
+        progress.begin("Hashing", len(entries))
+        out: list[str | None] = []
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for digest in pool.map(one, entries):
+                out.append(digest)
+                progress.advance()
+        progress.end()
+        return out
+
+    def _apply_plan_removals(self, plan: _Plan, model: ModelRow, index: VectorIndex, report: IndexReport) -> None:
+        """Commit deletions, moves, touches, reused copies and unreadable files in one transaction."""
+        with self.sessions() as session, session.begin():
+            for start in range(0, len(plan.delete_ids), 500):
+                part = plan.delete_ids[start : start + 500]
+                session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id.in_(part)))
+                session.execute(delete(ImageRow).where(ImageRow.id.in_(part)))
+            session.flush()
+            for image_id, entry in plan.moves + plan.touch:
+                row = session.get(ImageRow, image_id)
+                assert row is not None
+                row.path, row.size, row.mtime_ns = entry.path, entry.size, entry.mtime_ns
+            reused_ids = [self._copy_row(session, twin_id, entry, digest) for twin_id, entry, digest in plan.copies]
+            report.reused += len(reused_ids)
+            for path, reason in plan.unreadable:
+                if not looks_like_image(path):
+                    continue
+                self._record_failure(session, path, reason)
+                report.failed += 1
+                report.failures.append((path, reason))
+            if plan.delete_ids or reused_ids:
+                for m in session.execute(select(ModelRow)).scalars():
+                    m.revision += 1
+            session.flush()
+            vectors = store.vectors_for(session, model.id, reused_ids)
+        index.remove(plan.delete_ids)
+        if vectors:
+            ids = np.fromiter(vectors.keys(), dtype=np.int64, count=len(vectors))
+            index.add(ids, np.stack(list(vectors.values())))
+
+    def _copy_row(self, session: Session, twin_id: int, entry: FileEntry, digest: str) -> int:
+        """Add a row for ``entry``, a byte-identical copy of image ``twin_id``, reusing its vectors."""
+        twin = session.get(ImageRow, twin_id)
+        assert twin is not None
+        row = ImageRow(
+            path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, content_hash=digest,
+            width=twin.width, height=twin.height, format=twin.format, pixel_hash=twin.pixel_hash,
+            status=STATUS_OK,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        for emb in session.execute(select(EmbeddingRow).where(EmbeddingRow.image_id == twin_id)).scalars():
+            session.add(EmbeddingRow(image_id=row.id, model_id=emb.model_id, vector=emb.vector))
+        return row.id
+
+    def _add_late_copies(self, plan: _Plan, model: ModelRow, index: VectorIndex, report: IndexReport) -> None:
+        """Copies of content first seen in this run: reuse the vector just computed (or record the failure)."""
+        if not plan.late_copies:
+            return
+        added: list[int] = []
+        with self.sessions() as session, session.begin():
+            for entry, digest in plan.late_copies:
+                twin = session.execute(
+                    select(ImageRow).where(ImageRow.content_hash == digest, ImageRow.path != entry.path).limit(1)
+                ).scalar_one_or_none()
+                if twin is None:
+                    continue  # the first copy was never committed (interrupted): the next run embeds it
+                if twin.status != STATUS_OK:
+                    self._record_failure(session, entry.path, twin.error or "unreadable", digest)
+                    report.failed += 1
+                    report.failures.append((entry.path, twin.error or "unreadable"))
+                    continue
+                added.append(self._copy_row(session, twin.id, entry, digest))
+            store.bump_revision(session, model.id)
+            vectors = store.vectors_for(session, model.id, added)
+        report.reused += len(added)
+        if vectors:
+            index.add(
+                np.fromiter(vectors.keys(), dtype=np.int64, count=len(vectors)),
+                np.stack(list(vectors.values())),
+            )
+
+    def _record_failure(self, session: Session, path: str, reason: str, digest: str | None = None) -> None:
+        try:
+            st = os.lstat(path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = 0, 0
+        row = session.execute(select(ImageRow).where(ImageRow.path == path)).scalar_one_or_none()
+        if row is not None and row.status == STATUS_OK:  # was fine, now unreadable: its vectors go
+            session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
+            for m in session.execute(select(ModelRow)).scalars():
+                m.revision += 1
+        if row is None:
+            session.add(ImageRow(path=path, size=size, mtime_ns=mtime, status=STATUS_FAILED, error=reason))
+        else:
+            row.size, row.mtime_ns, row.status, row.error = size, mtime, STATUS_FAILED, reason
+
+    def _embed_and_store(
+        self,
+        work: list[_Work],
+        model: ModelRow,
+        index: VectorIndex,
+        report: IndexReport,
+        batch_size: int,
+        workers: int | None,
+        max_pixels: int | None,
+        progress: Progress,
+    ) -> None:
+        embedder = self.embedder_for(model)
+        size = embedder.input_size
+        progress.begin("Embedding", len(work))
+        last_save = time.monotonic()
+        stream = decode_stream(
+            work, lambda w: w.entry.path, size, workers=workers, window=batch_size * 3, max_pixels=max_pixels
+        )
+        for batch in batched(stream, batch_size):
+            good = [d for d in batch if d.pixels is not None]
+            vectors = embedder.embed(np.stack([d.pixels for d in good])) if good else None
+            added_ids: list[int] = []
+            with self.sessions() as session, session.begin():
+                for i, d in enumerate(good):
+                    w, info = d.item, d.info
+                    assert info is not None and vectors is not None
+                    if w.existing_id is not None:
+                        image_id = w.existing_id
+                    else:
+                        row = ImageRow(
+                            path=w.entry.path, size=w.entry.size, mtime_ns=w.entry.mtime_ns,
+                            content_hash=w.content_hash, width=info.width, height=info.height,
+                            format=info.format, status=STATUS_OK,
+                        )  # fmt: skip
+                        session.add(row)
+                        session.flush()
+                        image_id = row.id
+                    session.add(
+                        EmbeddingRow(image_id=image_id, model_id=model.id, vector=store.vector_to_blob(vectors[i]))
+                    )
+                    added_ids.append(image_id)
+                for d in batch:
+                    if d.pixels is None:
+                        assert d.error is not None
+                        self._record_failure(session, d.item.entry.path, d.error, d.item.content_hash or None)
+                        report.failed += 1
+                        report.failures.append((d.item.entry.path, d.error))
+                store.bump_revision(session, model.id)
+            if added_ids:
+                assert vectors is not None
+                index.add(np.asarray(added_ids, np.int64), vectors)
+            report.embedded += len(added_ids)
+            progress.advance(len(batch))
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                self._save_index(model, index)
+                last_save = time.monotonic()
+        progress.end()
+
+    # --- querying ----------------------------------------------------------------------------
+    def query(
+        self,
+        probes: Sequence[str | os.PathLike[str]],
+        k: int = 10,
+        *,
+        backbone: str | None = None,
+        pooling: str | None = None,
+        include_self: bool = False,
+    ) -> list[QueryResult]:
+        """Nearest neighbours of each probe image (files or folders of images), best first.
+
+        A probe that is already indexed (same path, size and mtime) reuses its
+        stored vector, so no network is loaded. The probe's own file is left out
+        of its results unless ``include_self``.
+        """
+        model = self.find_model(backbone, pooling)
+        index = self.vector_index(model)
+        probe_paths: list[str] = []
+        for probe in probes:
+            p = absolute(probe)
+            if os.path.isdir(p):
+                probe_paths.extend(e.path for e in discover([p], exclude=[self.root]))
+            else:
+                probe_paths.append(p)
+        vectors: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
+        embedded: set[str] = set()
+        self_ids: dict[str, int] = {}
+        with self.sessions() as session:
+            for p in probe_paths:
+                row = session.execute(select(ImageRow).where(ImageRow.path == p)).scalar_one_or_none()
+                if row is None:
+                    continue
+                self_ids[p] = row.id
+                try:
+                    entry = fingerprint(p)
+                except OSError:
+                    continue
+                if (row.size, row.mtime_ns, row.status) == (entry.size, entry.mtime_ns, STATUS_OK):
+                    found = store.vectors_for(session, model.id, [row.id])
+                    if row.id in found:
+                        vectors[p] = found[row.id]
+        todo = [p for p in probe_paths if p not in vectors]
+        if todo:
+            embedder = self.embedder_for(model)
+            for p in todo:
+                if not os.path.exists(p):
+                    errors[p] = "no such file"
+                    continue
+                try:
+                    pixels, _ = load_for_model(p, embedder.input_size)
+                except DecodeError as exc:
+                    errors[p] = str(exc)
+                    continue
+                vectors[p] = embedder.embed(pixels[None])[0]
+                embedded.add(p)
+        ok = [p for p in probe_paths if p in vectors]
+        results: dict[str, list[Hit]] = {}
+        if ok:
+            matrix = np.stack([vectors[p] for p in ok])
+            scores, ids = index.search(matrix, k + 1)
+            rows = self._rows_by_id({int(i) for i in ids.ravel() if i >= 0})
+            for p, srow, irow in zip(ok, scores, ids, strict=True):
+                hits: list[Hit] = []
+                for s, i in zip(srow, irow, strict=True):
+                    if i < 0 or (not include_self and self_ids.get(p) == i) or int(i) not in rows:
+                        continue
+                    r = rows[int(i)]
+                    hits.append(Hit(len(hits) + 1, r.path, float(s), r.width, r.height, int(i)))
+                results[p] = hits[:k]
+        return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
+
+    def _rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        ids = list(ids)
+        out: dict[int, ImageRow] = {}
+        with self.sessions() as session:
+            for start in range(0, len(ids), 900):
+                for row in session.execute(select(ImageRow).where(ImageRow.id.in_(ids[start : start + 900]))).scalars():
+                    out[row.id] = row
+        return out
+
+    # --- reporting ---------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Location, default backbone, counts and size on disk (no network is loaded)."""
+        with self.sessions() as session:
+            images = session.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.status == STATUS_OK))
+            failed = session.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.status == STATUS_FAILED))
+            default_key = self._get_meta(session, "default_model")
+            models = []
+            for m in session.execute(select(ModelRow).order_by(ModelRow.id)).scalars():
+                n = session.scalar(select(func.count()).where(EmbeddingRow.model_id == m.id))
+                models.append(
+                    {
+                        "key": m.key, "backbone": m.backbone, "pooling": m.pooling, "dim": m.dim,
+                        "vectors": n, "weights_sha256": m.weights_sha256, "default": m.key == default_key,
+                    }
+                )  # fmt: skip
+        size = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+        default = next((m for m in models if m["default"]), None)
+        return {
+            "library": str(self.root),
+            "backbone": default["backbone"] if default else None,
+            "images": images,
+            "vectors": default["vectors"] if default else 0,
+            "failures": failed,
+            "size_bytes": size,
+            "models": models,
+        }
+
+    def failures(self) -> list[tuple[str, str]]:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_FAILED).order_by(ImageRow.path)
+            ).all()
+        return [(p, e or "") for p, e in rows]
+
+
+@dataclass
+class _Plan:
+    to_embed: list[_Work] = field(default_factory=list)
+    delete_ids: list[int] = field(default_factory=list)
+    moves: list[tuple[int, FileEntry]] = field(default_factory=list)
+    touch: list[tuple[int, FileEntry]] = field(default_factory=list)
+    copies: list[tuple[int, FileEntry, str]] = field(default_factory=list)
+    late_copies: list[tuple[FileEntry, str]] = field(default_factory=list)  # twins of files embedded now
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+class IndexInterrupted(LibraryError):
+    """Indexing was interrupted (Ctrl-C); everything committed so far is kept."""
+
+    def __init__(self, report: IndexReport) -> None:
+        super().__init__(
+            f"interrupted: {report.embedded} images embedded and saved; run the same command again to finish"
+        )
+        self.report = report
