@@ -578,20 +578,27 @@ class Library:
             )
 
     def _record_failure(self, session: Session, path: str, reason: str, digest: str | None = None) -> None:
+        """Mark ``path`` as failed with ``reason`` (its vectors, if any, are dropped)."""
         try:
-            st = os.lstat(path)
-            size, mtime = st.st_size, st.st_mtime_ns
+            st = os.stat(path)
         except OSError:
-            size, mtime = 0, 0
+            try:
+                st = os.lstat(path)  # a dangling link: remember the link itself
+            except OSError:
+                st = None
+        size, mtime = (st.st_size, st.st_mtime_ns) if st else (0, 0)
         row = session.execute(select(ImageRow).where(ImageRow.path == path)).scalar_one_or_none()
         if row is not None and row.status == STATUS_OK:  # was fine, now unreadable: its vectors go
             session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
             for m in session.execute(select(ModelRow)).scalars():
                 m.revision += 1
         if row is None:
-            session.add(ImageRow(path=path, size=size, mtime_ns=mtime, status=STATUS_FAILED, error=reason))
+            session.add(
+                ImageRow(path=path, size=size, mtime_ns=mtime, content_hash=digest, status=STATUS_FAILED, error=reason)
+            )
         else:
             row.size, row.mtime_ns, row.status, row.error = size, mtime, STATUS_FAILED, reason
+            row.content_hash = digest
 
     def _embed_and_store(
         self,
