@@ -144,3 +144,14 @@ class Embedder:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         return self._forward(np.ascontiguousarray(images, dtype=np.uint8)).numpy().astype(np.float32)
+
+
+_CACHE: dict[tuple[str, str | None, str], Embedder] = {}
+
+
+def cached_embedder(backbone: str, weights: str | None = "imagenet", pooling: str = "avg") -> Embedder:
+    """One :class:`Embedder` per (backbone, weights, pooling) per process (a server or a test run builds once)."""
+    key = (backbone, weights, pooling)
+    if key not in _CACHE:
+        _CACHE[key] = Embedder(backbone, weights=weights, pooling=pooling)
+    return _CACHE[key]

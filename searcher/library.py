@@ -246,14 +246,14 @@ class Library:
     def embedder_for(self, model: ModelRow) -> Embedder:
         """A loaded network that produces vectors comparable with ``model``'s (built once, kept)."""
         if model.key not in self._embedders:
-            from searcher.embed import Embedder
+            from searcher.embed import cached_embedder
 
             weights: str | None = model.weights_source
             if weights == "random":
                 weights = None
             elif weights not in (None, "imagenet") and not os.path.isfile(weights):
                 weights = "imagenet"  # e.g. the pip package moved to another virtualenv
-            embedder = Embedder(model.backbone, weights=weights, pooling=model.pooling)
+            embedder = cached_embedder(model.backbone, weights=weights, pooling=model.pooling)
             if embedder.identity.key != model.key:
                 raise LibraryError(
                     f"the weights of {model.backbone} on this machine differ from those that built this "
