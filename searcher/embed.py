@@ -9,9 +9,11 @@ module (and the backbone builders) import TensorFlow, and only when an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,20 +66,28 @@ def model_identity(spec: BackboneSpec, weights: str | None = "imagenet", pooling
 
 
 def configure_tensorflow() -> None:
-    """Import TensorFlow quietly (its C++ start-up lines go to a muted stderr) once per process."""
+    """Environment for a quiet TensorFlow; call before importing it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if "tensorflow" in sys.modules or os.environ.get("SEARCHER_DEBUG") == "1":
-        import tensorflow  # noqa: F401
 
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Mute C++ log lines that TensorFlow writes straight to file descriptor 2 while it starts up.
+
+    Python exceptions are unaffected (they propagate); ``SEARCHER_DEBUG=1`` keeps everything.
+    """
+    if os.environ.get("SEARCHER_DEBUG") == "1":
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
+            yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
 
@@ -93,6 +103,12 @@ class Embedder:
         identity: ModelIdentity | None = None,
     ) -> None:
         configure_tensorflow()
+        with quiet_native_stderr():
+            self._build(backbone, weights, pooling, identity)
+
+    def _build(
+        self, backbone: str | BackboneSpec, weights: str | None, pooling: str, identity: ModelIdentity | None
+    ) -> None:
         import tensorflow as tf
 
         self.spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
@@ -130,6 +146,7 @@ class Embedder:
             input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
             reduce_retracing=True,
         )
+        self.embed(np.zeros((1, size, size, 3), np.uint8))  # trace once now, not on the first real batch
 
     @property
     def input_size(self) -> tuple[int, int]:
