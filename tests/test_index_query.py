@@ -149,7 +149,9 @@ def test_cli_query_json_from_another_directory(tmp_path: Path, photo_dir: Path) 
     lib_dir = tmp_path / "lib"
     env = {**os.environ, "SEARCHER_LIBRARY": str(lib_dir)}
     cmd = [sys.executable, "-m", "searcher"]
-    run = subprocess.run([*cmd, "index", str(photo_dir), "--json"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        [*cmd, "index", str(photo_dir), "--json"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["embedded"] == 7
     elsewhere = tmp_path / "elsewhere"
