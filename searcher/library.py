@@ -28,7 +28,6 @@ from sqlalchemy.orm import Session
 
 from searcher import store
 from searcher.backbones.registry import DEFAULT_BACKBONE, get_backbone
-from searcher.decode import DecodeError, load_for_model
 from searcher.embed import ModelIdentity, model_identity
 from searcher.files import FileEntry, absolute, content_hash, discover, fingerprint, looks_like_image
 from searcher.locking import WriteLock
@@ -701,20 +700,26 @@ class Library:
                     found = store.vectors_for(session, model.id, [row.id])
                     if row.id in found:
                         vectors[p] = found[row.id]
-        todo = [p for p in probe_paths if p not in vectors]
+        todo = []
+        for p in probe_paths:
+            if p in vectors:
+                continue
+            if os.path.exists(p):
+                todo.append(p)
+            else:
+                errors[p] = "no such file"
         if todo:
             embedder = self.embedder_for(model)
-            for p in todo:
-                if not os.path.exists(p):
-                    errors[p] = "no such file"
-                    continue
-                try:
-                    pixels, _ = load_for_model(p, embedder.input_size)
-                except DecodeError as exc:
-                    errors[p] = str(exc)
-                    continue
-                vectors[p] = embedder.embed(pixels[None])[0]
-                embedded.add(p)
+            stream = decode_stream(todo, lambda p: p, embedder.input_size, window=64)
+            for batch in batched(stream, 32):
+                for d in batch:
+                    if d.error is not None:
+                        errors[d.item] = d.error
+                good = [d for d in batch if d.pixels is not None]
+                if good:
+                    for d, vector in zip(good, embedder.embed(np.stack([d.pixels for d in good])), strict=True):
+                        vectors[d.item] = vector
+                        embedded.add(d.item)
         ok = [p for p in probe_paths if p in vectors]
         results: dict[str, list[Hit]] = {}
         if ok:
