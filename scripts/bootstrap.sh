@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11) and install searcher with its dev tools. Safe to re-run: pip skips what is there.
+# Create .venv (Python 3.11) and install searcher with its dev tools.
+# Re-runs are instant: pip runs again only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
@@ -8,4 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
 fi
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+stamp=".venv/.searcher-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/searcher ]; then
+  echo "installing searcher and its dependencies into .venv ..." >&2
+  .venv/bin/python -m pip install --quiet -e ".[dev]" 2> >(grep -v -E "^\s*(!!|\*+|with strategy|.*setuptools|.*Wheel|.*wheel)" >&2 || true)
+  echo "$want" > "$stamp"
+fi

