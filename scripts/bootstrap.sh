@@ -13,6 +13,6 @@ stamp=".venv/.searcher-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/searcher ]; then
   echo "installing searcher and its dependencies into .venv ..." >&2
-  .venv/bin/python -m pip install --quiet -e ".[dev]" 2> >(grep -v -E "^\s*(!!|\*+|with strategy|.*setuptools|.*Wheel|.*wheel)" >&2 || true)
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
   echo "$want" > "$stamp"
 fi
