@@ -85,6 +85,7 @@ class IndexReport:
     backbone: str = ""
     model_key: str = ""
     seconds: float = 0.0
+    embed_seconds: float = 0.0  # decoding + embedding only, model loading excluded
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -613,6 +614,7 @@ class Library:
         embedder = self.embedder_for(model)
         size = embedder.input_size
         progress.begin("Embedding", len(work))
+        started = time.monotonic()
         last_save = time.monotonic()
         stream = decode_stream(
             work, lambda w: w.entry.path, size, workers=workers, window=batch_size * 3, max_pixels=max_pixels
@@ -652,6 +654,7 @@ class Library:
                 index.add(np.asarray(added_ids, np.int64), vectors)
             report.embedded += len(added_ids)
             progress.advance(len(batch))
+            report.embed_seconds = time.monotonic() - started
             if time.monotonic() - last_save > SAVE_EVERY_S:
                 self._save_index(model, index)
                 last_save = time.monotonic()

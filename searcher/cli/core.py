@@ -94,10 +94,11 @@ def _print_index_report(report, json_output: bool) -> None:  # report: IndexRepo
         table.add_column(name, justify="right")
     table.add_row(*(str(getattr(report, n)) for n in ("new", "changed", "unchanged", "removed", "moved", "failed")))
     console.print(table)
-    rate = report.embedded / report.seconds if report.seconds > 0 else 0.0
+    rate = report.embedded / report.embed_seconds if report.embed_seconds > 0 else 0.0
+    speed = f" ({rate:.1f} img/s while embedding)" if report.embedded else ""
     console.print(
         f"embedded {report.embedded} images, reused {report.reused} stored vectors, "
-        f"in {report.seconds:.1f} s ({rate:.1f} img/s)"
+        f"in {report.seconds:.1f} s{speed}"
     )
     if report.failures:
         shown = report.failures[:10]
