@@ -224,3 +224,7 @@ def rows_under(session: Session, roots: Iterable[Path]) -> Iterator[ImageRow]:
 
 def now_ts() -> float:
     return time.time()
+
+
+# Tables defined in other modules register on Base here, so init_schema's create_all makes them.
+from searcher import decisions  # noqa: E402, F401

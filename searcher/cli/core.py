@@ -111,12 +111,21 @@ def _print_index_report(report, json_output: bool) -> None:  # report: IndexRepo
 @app.command()
 @handle_errors
 def query(
-    images: Annotated[list[Path], typer.Argument(help="Probe images, or folders of them (the model loads once).")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Probe images, or folders of them (the model loads once).")
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="Neighbours per probe.")] = 10,
     backbone: BackboneOption = None,
     pooling: Annotated[str | None, typer.Option(help="Use the vectors made with this pooling.")] = None,
     include_self: Annotated[
         bool, typer.Option("--include-self", help="Keep the probe's own file when it is indexed.")
+    ] = False,
+    dirs: Annotated[list[Path] | None, typer.Option("--dir", help="Folder of probe images (repeatable).")] = None,
+    duplicates_only: Annotated[
+        bool,
+        typer.Option(
+            "--duplicates-only", help="Only list probes already in the library (exact, same pixels or edited copy)."
+        ),
     ] = False,
     library: LibraryOption = None,
     json_output: JsonOption = False,
@@ -124,8 +133,17 @@ def query(
 ) -> None:
     """Find the indexed images most similar to each probe (score = cosine similarity, 1 = identical).
 
-    Exit code 1 when a probe cannot be read (the others are still answered).
+    Exit code 1 when a probe cannot be read (the others are still answered). With --duplicates-only:
+    exit code 0 when no probe is already in the library, 3 when some are.
     """
+    images = [*(images or []), *(dirs or [])]
+    if not images:
+        raise typer.BadParameter("give probe images or --dir FOLDER")
+    if duplicates_only:
+        from searcher.cli.duplicates import run_incoming_check
+
+        run_incoming_check(images, library, None, backbone, json_output)
+        return
     with open_library(library) as lib:
         results = lib.query(images, k=k, backbone=backbone, pooling=pooling, include_self=include_self)
     if json_output:

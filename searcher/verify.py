@@ -1,0 +1,332 @@
+"""Pair verification: is one image an edited copy of the other?
+
+A CNN cosine cannot tell an edited copy from another shot of the same scene, so
+every candidate pair found by the CNN is checked here on the pixels:
+
+1. Local features (SIFT, on a grey working copy of fixed size) of both images,
+   also of the mirrored first image, so flips are handled; SIFT itself is
+   rotation and scale invariant (90-degree turns, small rotations, resizes, crops).
+2. Ratio-test matches, then a RANSAC *similarity* transform (rotation, uniform
+   scale, translation, optional mirror). Edited copies are related by exactly
+   such a transform; another shot of the same scene is not (perspective,
+   parallax, moving things), and a homography is deliberately not allowed.
+3. The first image is warped onto the second with that transform and the two
+   are compared densely over their overlap: local normalised cross-correlation
+   on a grid of cells (robust to colour changes, greyscale, recompression, blur
+   and noise; a quantile ignores cells hidden by text or logos), and how much of
+   the smaller picture the overlap covers (one copy contains the other, whereas
+   two re-framed shots only partly overlap).
+
+:func:`verify_pair` returns a :class:`Verification` whose ``score`` in [0, 1] is
+what thresholds are calibrated on (``searcher calibrate``). Features are cached
+per image by :class:`FeatureCache`, so checking many pairs costs one feature
+extraction per image.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from searcher.decode import DecodeError, open_image
+
+WORK_SIDE = 320  # longest side of the grey working copy
+NFEATURES = 600
+RATIO = 0.8
+RANSAC_PX = 3.0
+MIN_INLIERS = 8
+GRID = 12  # cells per side of the overlap grid
+MIN_CELLS = 6  # textured cells needed for a dense verdict
+MIN_CELL_VAR = 4.0  # grey-level variance below which a cell is flat (no evidence)
+CELL_QUANTILE = 10  # percentile of cell correlations that counts (all parts of a copy must match)
+BLUR_SIGMA = 3.0  # pixels of blur before comparing (recompression, noise and blur matter little)
+VERIFY_VERSION = "v1"  # bump when the score changes meaning (cached scores are dropped)
+
+cv2.setNumThreads(1)
+
+
+@dataclass
+class _Side:
+    points: np.ndarray  # (n, 2) float32 keypoint coordinates in the working image
+    descriptors: np.ndarray | None  # (n, 128) float32
+
+
+class Features:
+    """What verification needs of one image: its grey working copy and local features.
+
+    The features of the mirrored picture (for flipped copies) are computed on first use.
+    """
+
+    def __init__(self, grey: np.ndarray) -> None:
+        self.grey = grey  # (h, w) float32 in [0, 255]
+        self.plain = _detect(grey)
+        self._mirrored: _Side | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def mirrored(self) -> _Side:
+        with self._lock:
+            if self._mirrored is None:
+                self._mirrored = _detect(np.ascontiguousarray(self.grey[:, ::-1]))
+            return self._mirrored
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.grey.shape  # type: ignore[return-value]
+
+
+@dataclass
+class Verification:
+    """The verdict on one pair; ``score`` is the calibrated quantity."""
+
+    score: float
+    inliers: int = 0
+    matches: int = 0
+    correlation: float = 0.0
+    containment: float = 0.0
+    scale: float = 0.0
+    angle: float = 0.0
+    mirrored: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "score": round(self.score, 4), "inliers": self.inliers, "matches": self.matches,
+            "correlation": round(self.correlation, 4), "containment": round(self.containment, 4),
+            "scale": round(self.scale, 4), "angle": round(self.angle, 2), "mirrored": self.mirrored, **self.details,
+        }  # fmt: skip
+
+
+_sift_local = threading.local()
+
+
+def _sift() -> cv2.SIFT:
+    sift = getattr(_sift_local, "sift", None)
+    if sift is None:
+        sift = cv2.SIFT_create(nfeatures=NFEATURES)
+        _sift_local.sift = sift
+    return sift
+
+
+def working_grey(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
+    """Luminance resized so the longest side is ``side`` (aspect kept), float32."""
+    grey = img.convert("L")
+    w, h = grey.size
+    f = side / max(w, h)
+    size = (max(8, round(w * f)), max(8, round(h * f)))
+    if size != grey.size:
+        grey = grey.resize(size, Image.Resampling.BILINEAR if f > 1 else Image.Resampling.BOX)
+    return np.asarray(grey, dtype=np.float32)
+
+
+def _detect(grey: np.ndarray) -> _Side:
+    kps, desc = _sift().detectAndCompute(grey.astype(np.uint8), None)
+    pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
+    return _Side(pts, desc)
+
+
+def features_of_image(img: Image.Image) -> Features:
+    return Features(working_grey(img))
+
+
+def features_of_path(path: str | os.PathLike[str]) -> Features:
+    """Decode ``path`` (EXIF orientation applied) and extract features; raises DecodeError."""
+    return features_of_image(open_image(path, min_side=WORK_SIDE).image)
+
+
+class FeatureCache:
+    """An LRU cache of :class:`Features` by key (a path or content hash); thread-safe."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Features | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, path: str | None = None) -> Features | None:
+        """Features of ``key``, computed from ``path`` (default: the key) on a miss; None if undecodable."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        try:
+            feats: Features | None = features_of_path(path or key)
+        except (DecodeError, OSError, cv2.error):
+            feats = None
+        with self._lock:
+            self._items[key] = feats
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return feats
+
+    def put(self, key: str, feats: Features) -> None:
+        with self._lock:
+            self._items[key] = feats
+
+
+_matcher_local = threading.local()
+
+
+def _match(a: _Side, b: _Side) -> tuple[np.ndarray, np.ndarray]:
+    if a.descriptors is None or b.descriptors is None or len(a.points) < 2 or len(b.points) < 2:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    matcher = getattr(_matcher_local, "m", None)
+    if matcher is None:
+        matcher = cv2.BFMatcher(cv2.NORM_L2)
+        _matcher_local.m = matcher
+    pairs = matcher.knnMatch(a.descriptors, b.descriptors, k=2)
+    src, dst = [], []
+    used: set[int] = set()
+    for pair in pairs:
+        if len(pair) < 2:
+            continue
+        m, n = pair
+        if m.distance < RATIO * n.distance and m.trainIdx not in used:
+            used.add(m.trainIdx)
+            src.append(a.points[m.queryIdx])
+            dst.append(b.points[m.trainIdx])
+    return np.array(src, np.float32).reshape(-1, 2), np.array(dst, np.float32).reshape(-1, 2)
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, int, float]:
+    """RANSAC similarity (4 dof) from ``src`` to ``dst``: (matrix, inliers, median inlier misfit in px)."""
+    if len(src) < MIN_INLIERS:
+        return None, 0, 0.0
+    cv2.setRNGSeed(12345)  # RANSAC samples from OpenCV's RNG: fixed seed, same answer every run
+    m, inl = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=2000, confidence=0.995, refineIters=10
+    )
+    if m is None or inl is None or int(inl.sum()) < MIN_INLIERS:
+        return None, 0, 0.0
+    keep = inl.ravel().astype(bool)
+    misfit = np.linalg.norm(src[keep] @ m[:, :2].T + m[:, 2] - dst[keep], axis=1)
+    return m, int(keep.sum()), float(np.median(misfit))
+
+
+def cell_correlations(a: np.ndarray, b: np.ndarray, mask: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """NCC of ``a`` and ``b`` in each cell of a ``grid`` x ``grid`` split of ``mask``'s bounding box.
+
+    Only cells that lie (90 %) inside the mask and are textured in both images count.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 64:
+        return np.zeros(0, np.float32)
+    y0, x0 = ys.min(), xs.min()
+    ch, cw = (ys.max() + 1 - y0) // grid, (xs.max() + 1 - x0) // grid
+    if ch < 3 or cw < 3:
+        return np.zeros(0, np.float32)
+    sl = (slice(y0, y0 + grid * ch), slice(x0, x0 + grid * cw))
+
+    def cells(x: np.ndarray) -> np.ndarray:
+        return x.reshape(grid, ch, grid, cw).sum(axis=(1, 3), dtype=np.float64)
+
+    m = mask[sl].astype(np.float64)
+    pa, pb = a[sl].astype(np.float64) * m, b[sl].astype(np.float64) * m
+    n = cells(m)
+    ok = n >= 0.9 * ch * cw
+    n = np.maximum(n, 1.0)
+    sa, sb = cells(pa) / n, cells(pb) / n
+    va = cells(pa * pa) / n - sa * sa
+    vb = cells(pb * pb) / n - sb * sb
+    cov = cells(pa * pb) / n - sa * sb
+    ok &= (va >= MIN_CELL_VAR) & (vb >= MIN_CELL_VAR)
+    return (cov[ok] / np.sqrt(va[ok] * vb[ok])).astype(np.float32)
+
+
+def _scale(m: np.ndarray) -> float:
+    return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+
+
+def _invert(m: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(m)
+
+
+def _dense_check(ga: np.ndarray, gb: np.ndarray, m: np.ndarray) -> tuple[float, float, int]:
+    """Warp ``ga`` onto ``gb`` with ``m`` and compare: (correlation, containment, textured cells)."""
+    hb, wb = gb.shape
+    s = _scale(m)
+    # blur before warping (sigma scaled so it is BLUR_SIGMA after), reflecting at the edges, so no
+    # black from outside the picture bleeds into the compared area
+    blurred = cv2.GaussianBlur(ga, (0, 0), BLUR_SIGMA / s, borderType=cv2.BORDER_REFLECT)
+    wa = cv2.warpAffine(blurred, m, (wb, hb), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    support = cv2.warpAffine(np.ones_like(ga), m, (wb, hb), flags=cv2.INTER_NEAREST) > 0.5
+    overlap = float(support.sum())
+    containment = min(1.0, overlap / max(1.0, min(float(ga.size) * s * s, float(gb.size))))
+    edge = 2 * int(np.ceil(2 * BLUR_SIGMA)) + 1  # blur reaches this far across the picture edge
+    mask = cv2.erode(support.astype(np.uint8), np.ones((edge, edge), np.uint8)).astype(bool)
+    wbb = cv2.GaussianBlur(gb, (0, 0), BLUR_SIGMA, borderType=cv2.BORDER_REFLECT)
+    ncc = cell_correlations(wa, wbb, mask)
+    if len(ncc) < MIN_CELLS:
+        return 0.0, containment, len(ncc)
+    corr = float(np.clip(np.percentile(ncc, CELL_QUANTILE), 0.0, 1.0))
+    return corr, containment, len(ncc)
+
+
+def verify_features(fa: Features, fb: Features) -> Verification:
+    """Verify two images given their features (see the module docstring); symmetric up to ties."""
+    best = Verification(0.0)
+    for mirrored in (False, True):
+        side_a = fa.mirrored if mirrored else fa.plain
+        src, dst = _match(side_a, fb.plain)
+        m, inliers, residual = _similarity(src, dst)
+        if m is None:
+            best.matches = max(best.matches, len(src))
+            continue
+        s = _scale(m)
+        if not (1 / 10 < s < 10):
+            continue
+        ga = np.ascontiguousarray(fa.grey[:, ::-1]) if mirrored else fa.grey
+        # compare in the frame where the content is larger: detail a copy lacks shows there
+        if s >= 1:
+            corr, containment, cells = _dense_check(ga, fb.grey, m)
+        else:
+            corr, containment, cells = _dense_check(fb.grey, ga, _invert(m))
+            residual /= s  # misfit in the frame compared
+        score = combine(corr, containment, residual)
+        if score > best.score or best.inliers == 0:
+            angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+            best = Verification(
+                score, inliers, len(src), corr, containment, s, angle, mirrored,
+                {"residual_px": round(residual, 3), "cells": cells},
+            )  # fmt: skip
+        if score >= 0.99:
+            break
+    return best
+
+
+def combine(correlation: float, containment: float, residual_px: float) -> float:
+    """The verified score in [0, 1].
+
+    ``correlation``: a low quantile of the per-cell correlations after alignment (every part
+    of a copy matches, not just most of it). ``containment``: how much of the smaller picture
+    the overlap covers; an edited copy lies inside the other's frame (about 1), two re-framed
+    shots only partly overlap, so this ramps from 0 at 0.90 to 1 at 0.95. ``residual_px``: the
+    median keypoint misfit of the similarity transform; copies fit to a fraction of a pixel,
+    other shots (parallax, lens distortion, moving things) fit worse: full credit up to
+    0.45 px, half credit from 0.95 px.
+    """
+    cont = float(np.clip((containment - 0.90) / 0.05, 0.0, 1.0))
+    fit = float(np.clip(1.0 - (residual_px - 0.45), 0.5, 1.0))
+    return float(correlation * cont * fit)
+
+
+def verify_pair(a: str | os.PathLike[str] | Image.Image, b: str | os.PathLike[str] | Image.Image) -> Verification:
+    """Verify two images given as paths or PIL images (symmetrised: the better direction counts)."""
+    fa = features_of_image(a) if isinstance(a, Image.Image) else features_of_path(a)
+    fb = features_of_image(b) if isinstance(b, Image.Image) else features_of_path(b)
+    return verify_symmetric(fa, fb)
+
+
+def verify_symmetric(fa: Features, fb: Features) -> Verification:
+    """Match both ways (A to B and B to A) and keep the better verdict: the order of a pair does not matter."""
+    one = verify_features(fa, fb)
+    if one.score >= 0.99:
+        return one
+    two = verify_features(fb, fa)
+    return two if two.score > one.score else one
