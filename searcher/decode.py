@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -67,7 +68,7 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+            handle = io.BytesIO(source) if isinstance(source, bytes) else _open_regular(source)
             with handle, Image.open(handle) as img:
                 fmt = img.format or "unknown"
                 w, h = img.size
@@ -79,10 +80,10 @@ def open_image(
                         f"{limit / 1e6:.0f} Mpx (decompression bomb guard; raise it with --max-pixels "
                         "or SEARCHER_MAX_PIXELS)"
                     )
-                orientation = _exif_orientation(img)
                 if min_side and fmt == "JPEG" and min(w, h) > 2 * min_side:
                     img.draft("RGB", (min_side, min_side))
-                img.load()
+                img.load()  # first: reading EXIF can load a PNG, and a second load() would not raise again
+                orientation = _exif_orientation(img)
                 rgb = _to_rgb(img)
                 if orientation in _ORIENTATION_TRANSPOSE:
                     rgb = rgb.transpose(_ORIENTATION_TRANSPOSE[orientation])
@@ -101,12 +102,20 @@ def open_image(
         size = len(source) if isinstance(source, bytes) else _size_or_none(source)
         if size == 0:
             raise DecodeError("empty file (0 bytes)") from exc
+        head = _head(source)
+        if b"<svg" in head:
+            raise DecodeError("SVG (vector) images are not supported, only raster formats") from exc
+        for magic, name in _MAGIC:
+            if head.startswith(magic) or (name in ("WebP", "HEIF/AVIF") and magic in head[:12]):
+                raise DecodeError(f"corrupt {name} file (its header cannot be read)") from exc
         raise DecodeError("not an image, or an unsupported format") from exc
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large (decompression bomb guard): {exc}") from exc
     except MemoryError as exc:
         raise DecodeError("not enough memory to decode this image") from exc
     except OSError as exc:
+        if exc.filename is not None:  # the operating system refused the file itself (ELOOP, EIO, ...)
+            raise DecodeError("symlink loop" if exc.errno == 40 else f"cannot read the file: {exc.strerror}") from exc
         text = str(exc)
         if "truncated" in text.lower() or "premature end" in text.lower():
             raise DecodeError(f"truncated or corrupt file: {text}") from exc
@@ -115,6 +124,46 @@ def open_image(
         raise DecodeError(f"corrupt image ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # any other decoder bug must not stop an indexing run
         raise DecodeError(f"could not decode ({type(exc).__name__}: {exc})") from exc
+
+
+def _open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
+    """Open a file for reading; refuse FIFOs, sockets, devices and folders without blocking on them."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise DecodeError("is a directory")
+        if not stat.S_ISREG(mode):
+            raise DecodeError("not a regular file (a FIFO, socket or device)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# Signatures of common formats: a file that starts like one but cannot be opened is corrupt, not "unknown".
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"WEBP", "WebP"),
+    (b"ftyp", "HEIF/AVIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _head(source: str | os.PathLike[str] | bytes, n: int = 1024) -> bytes:
+    if isinstance(source, bytes):
+        return source[:n]
+    try:
+        with _open_regular(source) as handle:
+            return handle.read(n)
+    except (OSError, DecodeError):
+        return b""
 
 
 def _size_or_none(path: str | os.PathLike[str]) -> int | None:

@@ -17,7 +17,7 @@ IMAGE_EXTENSIONS = frozenset(
     {
         ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
         ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif", ".avif", ".ico", ".tga", ".jp2", ".j2k",
-        ".jpx", ".psd", ".pcx", ".sgi", ".dds", ".im", ".msp", ".xbm", ".qoi",
+        ".jpx", ".psd", ".pcx", ".sgi", ".dds", ".im", ".msp", ".xbm", ".qoi", ".svg",
     }
 )  # fmt: skip
 
@@ -81,6 +81,9 @@ def discover(
             if found:
                 yield found
             continue
+        if not stat.S_ISDIR(st.st_mode):
+            report(root_path, "not a regular file (a FIFO, socket or device)")
+            continue
         stack = [root_path]
         while stack:
             folder = stack.pop()
@@ -115,6 +118,8 @@ def discover(
                     found = entry_for(child.path, cst)
                     if found:
                         yield found
+                elif not stat.S_ISREG(cst.st_mode) and (all_files or looks_like_image(child.name)):
+                    report(child.path, "not a regular file (a FIFO, socket or device)")
             stack.extend(reversed(subfolders))
 
 
@@ -126,6 +131,15 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == 40:  # ELOOP
         return "symlink loop"
     return exc.strerror or str(exc)
+
+
+def read_error(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` cannot be opened for reading (e.g. "permission denied"), for a file that just failed to."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        return _os_reason(exc)
+    return "could not read the file"
 
 
 def content_hash(path: str | os.PathLike[str]) -> str:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from searcher import store
 from searcher.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from searcher.embed import ModelIdentity, model_identity
-from searcher.files import FileEntry, absolute, content_hash, discover, fingerprint, looks_like_image
+from searcher.files import FileEntry, absolute, content_hash, discover, fingerprint, looks_like_image, read_error
 from searcher.locking import WriteLock
 from searcher.pipeline import batched, decode_stream
 from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, Meta, ModelRow
@@ -276,7 +276,9 @@ class Library:
             if path.exists():
                 try:
                     index, state = VectorIndex.load(path, model.dim)
-                except ValueError:
+                    if state is not None and VectorIndex.file_checksum(path) != state.sha256:
+                        raise ValueError("checksum mismatch")  # damaged, or replaced while we read it
+                except (ValueError, OSError):
                     index, state = None, None  # rebuilt below from the stored vectors
             if index is None:
                 index = VectorIndex(model.dim)
@@ -297,9 +299,28 @@ class Library:
         return self.root / INDEX_DIR / f"{model.key}.faiss"
 
     def _save_index(self, model: ModelRow, index: VectorIndex) -> None:
+        # Reconciled first, so the sidecar never vouches for an index that missed a commit (a Ctrl-C
+        # between a batch's commit and its addition to the in-memory index, for example).
         with self.sessions() as session:
             revision = session.get(ModelRow, model.id).revision  # type: ignore[union-attr]
+            expected = store.vector_ids(session, model.id)
+            index.reconcile(expected, lambda ids: self._stored_vectors(session, model, ids))
         index.save(self.index_path(model), revision)
+
+    @staticmethod
+    def _stored_vectors(session: Session, model: ModelRow, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = store.vectors_for(session, model.id, ids.tolist())
+        keys = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
+        vecs = np.stack(list(found.values())) if found else np.zeros((0, model.dim), np.float32)
+        return keys, vecs
+
+    def _remove_temp_files(self) -> None:
+        """Temporary files of a FAISS save that was killed (only a writer saves, and this one holds the lock)."""
+        for tmp in (self.root / INDEX_DIR).glob(".*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
     # --- indexing ----------------------------------------------------------------------------
     def index(
@@ -335,6 +356,7 @@ class Library:
                 raise LibraryError(f"no such file or folder: {r}")
         self._lock.acquire(wait)
         try:
+            self._remove_temp_files()
             default = self._default_model()
             spec = get_backbone(backbone or (default.backbone if default else DEFAULT_BACKBONE))
             if weights is None:
@@ -440,7 +462,7 @@ class Library:
         with self.sessions() as session:
             for (entry, row), digest in zip(to_hash, hashes, strict=True):
                 if digest is None:  # unreadable between scan and hash
-                    unreadable.append((entry.path, "could not read the file"))
+                    unreadable.append((entry.path, read_error(entry.path)))
                     if row is not None:
                         plan.delete_ids.append(row.id)
                     continue

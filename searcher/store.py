@@ -31,6 +31,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    exc,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -136,13 +137,32 @@ class SchemaError(RuntimeError):
 
 
 def init_schema(engine: Engine) -> None:
-    """Create tables if needed and refuse a database from a newer schema."""
-    Base.metadata.create_all(engine)
+    """Create tables if needed and refuse a database from a newer schema (or one that is not a database)."""
+    for attempt in range(5):
+        try:
+            Base.metadata.create_all(engine)
+            break
+        except exc.OperationalError as error:  # two processes creating one new library at the same moment
+            if attempt == 4 or "already exists" not in str(error.orig) and "locked" not in str(error.orig):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+        except exc.DatabaseError as error:
+            raise SchemaError(
+                f"{engine.url.database} is damaged or is not a searcher library ({error.orig}); "
+                "move it away and index again, or restore it from a backup"
+            ) from error
+    try:
+        _check_version(engine)
+    except exc.IntegrityError:  # another process wrote the version row first
+        _check_version(engine)
+
+
+def _check_version(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
         row = session.get(Meta, "schema_version")
         if row is None:
             session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-        elif int(row.value) > SCHEMA_VERSION:
+        elif not row.value.strip().isdigit() or int(row.value) > SCHEMA_VERSION:
             raise SchemaError(
                 f"this library was written by a newer searcher (schema {row.value}, "
                 f"this version understands {SCHEMA_VERSION}); upgrade searcher to open it"

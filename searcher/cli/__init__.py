@@ -5,8 +5,11 @@ Each module registers its commands on :data:`searcher.cli.app.app`.
 
 from __future__ import annotations
 
-from searcher.cli import core  # noqa: F401  (registers commands)
-from searcher.cli import duplicates  # noqa: F401
+from searcher.cli import (
+    core,  # noqa: F401  (registers commands)
+    duplicates,  # noqa: F401
+    maintenance,  # noqa: F401
+)
 from searcher.cli.app import app
 
 

@@ -7,9 +7,11 @@ the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="searcher",
@@ -74,6 +77,7 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug")) or os.environ.get("SEARCHER_DEBUG") == "1"
+        _tolerate_odd_names()
         try:
             return func(*args, **kwargs)
         except typer.Exit:
@@ -81,25 +85,22 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except OSError as exc:
+        except Exception as exc:
             if debug:
                 raise
-            if exc.errno == 28:  # ENOSPC
+            if is_disk_full(exc):
                 err_console.print(
                     "[red]error:[/] the disk is full; the library is unchanged since its last commit. "
                     "Free some space and run the command again."
                 )
-            else:
-                err_console.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-            raise typer.Exit(EXIT_ERROR) from None
-        except Exception as exc:
-            if debug:
-                raise
-            if isinstance(exc, user_errors()):
-                err_console.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+            elif isinstance(exc, OSError):
+                text = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                err_console.print(f"[red]error:[/] {escape(text)}", soft_wrap=True)
+            elif isinstance(exc, user_errors()):
+                err_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             else:
                 err_console.print(
-                    f"[red]error:[/] unexpected {type(exc).__name__}: {exc}\n"
+                    f"[red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}\n"
                     "Run again with --debug for the traceback, and please report it."
                 )
             raise typer.Exit(EXIT_ERROR) from None
@@ -107,10 +108,48 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(err, "sqlite_errorcode", None) == 13 or "database or disk is full" in str(err):  # SQLITE_FULL
+            return True
+        orig = getattr(err, "orig", None)  # SQLAlchemy's wrapper of the driver's exception
+        todo.extend([err.__cause__, err.__context__, orig if isinstance(orig, BaseException) else None])
+    return False
+
+
+def _tolerate_odd_names() -> None:
+    """File names that are not valid UTF-8 print as their raw bytes instead of crashing the output."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if getattr(stream, "errors", "strict") == "strict":
+                stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
 def print_json(data: Any) -> None:
-    """JSON on stdout, one document, UTF-8 (paths that are not UTF-8 are escaped)."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """JSON on stdout, one document, UTF-8 (paths that are not UTF-8 are escaped).
+
+    A name that is not UTF-8 holds lone surrogates (Python's ``surrogateescape``): they are written
+    as ``\\udcXX`` escapes, which ``json.loads`` turns back into the same string (and
+    ``os.fsencode`` into the original bytes), so the output stays valid UTF-8 JSON.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def open_library(path: Path | None, *, create: bool = False):  # -> Library

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from searcher.cli.app import (
@@ -77,7 +78,7 @@ def index(
         )  # fmt: skip
     except IndexInterrupted as exc:
         report = exc.report
-        err_console.print(f"[yellow]{exc}[/]")
+        err_console.print(f"[yellow]{escape(str(exc))}[/]")
         _print_index_report(report, json_output)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
@@ -103,7 +104,7 @@ def _print_index_report(report, json_output: bool) -> None:  # report: IndexRepo
     if report.failures:
         shown = report.failures[:10]
         for path, reason in shown:
-            console.print(f"  [red]failed[/] {path}: {reason}")
+            console.print(f"  [red]failed[/] {escape(path)}: {escape(reason)}")
         more = len(report.failures) - len(shown)
         console.print((f"  ... and {more} more; " if more > 0 else "  ") + "see `searcher failures`")
 
@@ -151,16 +152,16 @@ def query(
     else:
         for result in results:
             if result.error:
-                err_console.print(f"[red]error:[/] {result.query}: {result.error}")
+                err_console.print(f"[red]error:[/] {escape(result.query)}: {escape(result.error)}")
                 continue
-            table = Table(title=result.query, title_justify="left", header_style="bold")
+            table = Table(title=escape(result.query), title_justify="left", header_style="bold")
             table.add_column("rank", justify="right")
             table.add_column("score", justify="right")
             table.add_column("path", overflow="fold")
             table.add_column("size", justify="right")
             for hit in result.results:
                 size = f"{hit.width}x{hit.height}" if hit.width else ""
-                table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.path, size)
+                table.add_row(str(hit.rank), f"{hit.score:.4f}", escape(hit.path), size)
             console.print(table)
     if any(r.error for r in results):
         raise typer.Exit(EXIT_ERROR)
@@ -175,7 +176,7 @@ def info(library: LibraryOption = None, json_output: JsonOption = False, debug: 
     if json_output:
         print_json(data)
         return
-    console.print(f"[bold]library[/]   {data['library']}")
+    console.print(f"[bold]library[/]   {escape(data['library'])}")
     console.print(f"[bold]backbone[/]  {data['backbone']}")
     console.print(f"[bold]images[/]    {data['images']}")
     console.print(f"[bold]vectors[/]   {data['vectors']}")
@@ -206,5 +207,5 @@ def failures(library: LibraryOption = None, json_output: JsonOption = False, deb
     table.add_column("path", overflow="fold")
     table.add_column("reason", overflow="fold")
     for path, error in rows:
-        table.add_row(path, error)
+        table.add_row(escape(path), escape(error))
     console.print(table)
