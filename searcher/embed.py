@@ -92,6 +92,35 @@ def quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def _gpu_memory_growth(tf) -> None:
+    """Let TensorFlow take GPU memory as it needs it, not all at once (impossible once a GPU is in use)."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):
+            pass
+
+
+@contextlib.contextmanager
+def _float16_policy(enabled: bool) -> Iterator[None]:
+    """Build the network under Keras' ``mixed_float16`` policy (float32 weights, float16 compute).
+
+    Only on a GPU and for backbones whose ``mixed_precision`` flag says it is safe;
+    ``SEARCHER_MIXED_PRECISION=0`` turns it off. The output is cast back to float32.
+    """
+    if not enabled or os.environ.get("SEARCHER_MIXED_PRECISION", "1") == "0":
+        yield
+        return
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 class Embedder:
     """A backbone ready to embed batches of uint8 RGB images of its input size."""
 
@@ -117,7 +146,11 @@ class Embedder:
         self.pooling = pooling
         resolved = resolve_weights(self.spec, weights)
         size = self.spec.input_size
-        self.model = self.spec.build(resolved, (size, size, 3))
+        self.gpu = bool(tf.config.list_physical_devices("GPU"))
+        if self.gpu:
+            _gpu_memory_growth(tf)
+        with _float16_policy(self.gpu and self.spec.mixed_precision):  # CPU: float32, unchanged
+            self.model = self.spec.build(resolved, (size, size, 3))
         self.identity = identity or ModelIdentity(
             backbone=self.spec.name,
             weights_sha256=weights_checksum(resolved, self.spec),
@@ -126,7 +159,6 @@ class Embedder:
             pooling=pooling,
             dim=self.spec.dim,
         )
-        self.gpu = bool(tf.config.list_physical_devices("GPU"))
         preprocess = self.spec.preprocess
         model = self.model
 

@@ -55,7 +55,10 @@ class BackboneSpec:
     ``build(weights, input_shape)`` returns a Keras model mapping a batch of
     preprocessed images to the last feature map (N, h, w, dim); ``weights`` is
     ``None`` (random), ``"imagenet"`` or a file path. ``preprocess`` maps float32
-    RGB in [0, 255] to what the network expects.
+    RGB in [0, 255] to what the network expects (for families whose ``preprocess_id``
+    starts with ``in-model`` it is the identity: the network rescales by itself).
+    ``build_classifier(weights)`` builds the same network with its 1000-class top at
+    ``input_size`` (Keras class indices), to check weights on real photos.
     """
 
     name: str
@@ -67,9 +70,11 @@ class BackboneSpec:
     preprocess_id: str
     weights: WeightsSource
     license: str
-    params_m: float
+    params_m: float  # millions of parameters of the feature extractor (no classifier)
     build_classifier: Callable[[str | None], Any] | None = field(default=None, repr=False)
     notes: str = ""
+    mixed_precision: bool = False  # on a GPU, Embedder may compute in float16 (families where that is safe)
+    keras_class: str = ""  # ``keras.applications`` constructor, for the keras-built entries
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -112,8 +117,17 @@ def _ensure_loaded() -> None:
 
 
 def keras_cache_dir() -> Path:
-    """Where ``keras.utils.get_file`` keeps downloads (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
-    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    """Where ``keras.utils.get_file`` keeps downloads: ``$KERAS_HOME/models``, else ``~/.keras/models``.
+
+    Mirrors Keras' own fallbacks without importing it: a home folder that is not writable means
+    ``/tmp/.keras``, and so does a Keras folder that exists but is not writable.
+    """
+    base = os.environ.get("KERAS_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        base = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    if os.path.isdir(base) and not os.access(base, os.W_OK):
+        base = os.path.join("/tmp", ".keras")
     return Path(base) / "models"
 
 

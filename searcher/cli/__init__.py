@@ -6,6 +6,7 @@ Each module registers its commands on :data:`searcher.cli.app.app`.
 from __future__ import annotations
 
 from searcher.cli import (
+    backbones,  # noqa: F401
     core,  # noqa: F401  (registers commands)
     duplicates,  # noqa: F401
     maintenance,  # noqa: F401
