@@ -66,8 +66,8 @@ class CalibrationReport:
 def threshold_for_precision(pos: np.ndarray, neg: np.ndarray, target: float = 0.99) -> tuple[float, float, float]:
     """Lowest threshold t with precision(score >= t) >= ``target``; returns (t, precision, recall).
 
-    Candidate thresholds are the observed scores, tried from the strictest down until precision
-    first misses the target. When none reaches it, the score just above the highest negative is returned.
+    Candidate thresholds are the observed scores. When none reaches the target, the score just
+    above the highest negative is returned.
     """
     pos = np.sort(np.asarray(pos, np.float64))
     neg = np.sort(np.asarray(neg, np.float64))
@@ -75,16 +75,16 @@ def threshold_for_precision(pos: np.ndarray, neg: np.ndarray, target: float = 0.
         raise ValueError("no positive pairs to calibrate on")
     candidates = np.unique(np.concatenate([pos, neg]))
     best: tuple[float, float, float] | None = None
-    # from strict to loose; stop at the first threshold whose precision misses the target
+    # the loosest threshold that still meets the target; a few "negatives" at the very top (real
+    # duplicates already in the user's library) do not block it as long as precision holds
     for t in candidates[::-1]:
         tp = len(pos) - np.searchsorted(pos, t, side="left")
         fp = len(neg) - np.searchsorted(neg, t, side="left")
         if tp == 0:
             continue
         precision = tp / (tp + fp)
-        if precision < target:
-            break
-        best = (float(t), float(precision), float(tp / len(pos)))
+        if precision >= target:
+            best = (float(t), float(precision), float(tp / len(pos)))
     if best is None:
         t = float(np.nextafter(neg[-1], 2.0)) if len(neg) else float(pos[0])
         tp = len(pos) - np.searchsorted(pos, t, side="left")
@@ -134,7 +134,7 @@ def calibrate(
     progress: Progress | None = None,
 ) -> CalibrationReport:
     """Measure verified scores of edited copies vs hard negatives; store the threshold (see module doc)."""
-    from searcher.duplicates import PIXEL_COSINE
+    from searcher.duplicates import PIXEL_COSINE, pixel_hash
     from searcher.library import LibraryError, Progress
 
     progress = progress or Progress()
@@ -167,8 +167,8 @@ def calibrate(
                 other = all_rows.get(int(j))
                 if other is None or other.content_hash == r.content_hash or not os.path.exists(other.path):
                     continue
-                if s >= PIXEL_COSINE and other.pixel_hash and other.pixel_hash == r.pixel_hash:
-                    continue
+                if s >= PIXEL_COSINE and pixel_hash(other.path) == pixel_hash(r.path):
+                    continue  # the same picture in another file: a real duplicate, not a negative
                 negatives.append((r.path, other.path))
                 for m in manifest:
                     if m["row"] == i:

@@ -210,45 +210,63 @@ class DuplicateReport:
 # --- candidate generation ------------------------------------------------------------------------
 
 
-def _search_index(vectors: np.ndarray, nprobe: int = 16) -> faiss.Index:
-    """An inner-product index over ``vectors``: exact when small, IVF (trained on a sample) when large."""
+REDUCED_DIM = 128  # candidate search on large libraries runs on PCA-reduced vectors, then re-scores exactly
+
+
+def _search_index(vectors: np.ndarray, nprobe: int = 12) -> tuple[faiss.Index, np.ndarray]:
+    """An inner-product index over ``vectors`` and the query matrix to search it with.
+
+    Small sets: exact search on the vectors. Large sets (>= :data:`IVF_MIN`): PCA to
+    :data:`REDUCED_DIM` dimensions (trained on a fixed sample) and an inverted-file index;
+    candidates found this way are re-scored with the full vectors by the caller.
+    """
     n, dim = vectors.shape
     if n < IVF_MIN:
         index = faiss.IndexFlatIP(dim)
         index.add(vectors)
-        return index
-    nlist = int(4 * np.sqrt(n))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        return index, vectors
     rng = np.random.default_rng(0)
+    nlist = int(2 * np.sqrt(n))
     sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))]
+    red = min(REDUCED_DIM, dim)
+    pca = faiss.PCAMatrix(dim, red)
+    pca.train(sample)
+    reduced = pca.apply(vectors)
+    reduced /= np.linalg.norm(reduced, axis=1, keepdims=True) + 1e-12
+    quantizer = faiss.IndexFlatIP(red)
+    index = faiss.IndexIVFFlat(quantizer, red, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = 0
-    index.train(sample)
-    index.add(vectors)
+    index.train(pca.apply(sample) / (np.linalg.norm(pca.apply(sample), axis=1, keepdims=True) + 1e-12))
+    index.add(reduced)
     index.nprobe = nprobe
-    return index
+    return index, reduced
 
 
 def candidate_pairs(
-    vectors: np.ndarray, k: int = DEFAULT_K, min_cosine: float = DEFAULT_CANDIDATE_COSINE, batch: int = 4096
+    vectors: np.ndarray, k: int = DEFAULT_K, min_cosine: float = DEFAULT_CANDIDATE_COSINE, batch: int = 1024
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows of ``vectors`` among each other's ``k`` nearest neighbours with cosine >= ``min_cosine``.
 
-    Returns ``(i, j, cosine)`` sorted by (i, j); memory is O(n k), never O(n^2).
+    Returns ``(i, j, cosine)`` sorted by (i, j), cosines from the full vectors; memory is O(n k), never O(n^2).
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n < 2:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
-    index = _search_index(vectors)
+    index, queries = _search_index(vectors)
+    approximate = queries is not vectors
     kk = min(n, k + 1)
     rows, cols, sims = [], [], []
     for start in range(0, n, batch):
-        scores, ids = index.search(vectors[start : start + batch], kk)
+        scores, ids = index.search(queries[start : start + batch], kk)
         q = np.repeat(np.arange(start, start + len(ids)), kk)
         c, s = ids.ravel(), scores.ravel()
-        ok = (c >= 0) & (c != q) & (s >= min_cosine)
+        ok = (c >= 0) & (c != q)
+        q, c, s = q[ok], c[ok], s[ok]
+        if approximate:  # exact cosine on the full vectors
+            s = np.einsum("ij,ij->i", vectors[q], vectors[c])
+        ok = s >= min_cosine
         rows.append(q[ok])
         cols.append(c[ok])
         sims.append(s[ok])
