@@ -31,9 +31,9 @@ from searcher.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from searcher.embed import ModelIdentity, model_identity
 from searcher.files import FileEntry, absolute, content_hash, discover, fingerprint, looks_like_image, read_error
 from searcher.locking import WriteLock
-from searcher.pipeline import batched, decode_stream
+from searcher.pipeline import batched, decode_stream, default_workers, prefetch_batches
 from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, Meta, ModelRow
-from searcher.vector_index import VectorIndex
+from searcher.vector_index import INDEX_TYPES, VectorIndex, choose_kind
 
 if TYPE_CHECKING:
     from searcher.embed import Embedder
@@ -336,6 +336,7 @@ class Library:
         wait: float = 0.0,
         max_pixels: int | None = None,
         progress: Progress | None = None,
+        index_type: str | None = None,
     ) -> IndexReport:
         """Bring the library up to date with the image files under ``roots``.
 
@@ -347,7 +348,12 @@ class Library:
         of already indexed content reuse the stored vector. Work is committed every
         ``batch_size`` images, so an interrupted run loses at most one batch and the
         next run finishes the job.
+
+        ``index_type`` (``auto``, ``flat``, ``hnsw``, ``ivfpq``; see :mod:`searcher.vector_index`)
+        is remembered per model; ``None`` keeps the model's current choice (``auto`` at first).
         """
+        if index_type is not None and index_type not in INDEX_TYPES:
+            raise LibraryError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
         progress = progress or Progress()
         started = time.monotonic()
         root_paths = [Path(absolute(r)) for r in roots]
@@ -388,6 +394,7 @@ class Library:
                         plan.to_embed, model, index, report, batch_size, workers, max_pixels, progress
                     )
                 self._add_late_copies(plan, model, index, report)
+                self._apply_index_type(model, index, index_type, progress)
             except KeyboardInterrupt:
                 report.interrupted = True
             finally:
@@ -398,6 +405,24 @@ class Library:
             return report
         finally:
             self._lock.release()
+
+    def index_type(self, model: ModelRow) -> str:
+        """The index type asked for ``model`` (``auto`` unless ``index --index-type`` chose one)."""
+        with self.sessions() as session:
+            return self._get_meta(session, f"index_type:{model.key}") or "auto"
+
+    def _apply_index_type(
+        self, model: ModelRow, index: VectorIndex, requested: str | None, progress: Progress
+    ) -> None:
+        """Record the requested index type and (re)build the approximate index when the size calls for it."""
+        if requested is not None:
+            with self.sessions() as session, session.begin():
+                self._set_meta(session, f"index_type:{model.key}", requested)
+        wanted = choose_kind(requested or self.index_type(model), len(index), index.kind)
+        if wanted != index.kind or index.kind != "flat":
+            progress.begin(f"Building the {wanted} index", 0)
+            index.set_kind(wanted)  # no-op unless the type changes or the index outgrew its training
+            progress.end()
 
     def _default_model(self) -> ModelRow | None:
         with self.sessions() as session:
@@ -637,13 +662,14 @@ class Library:
         size = embedder.input_size
         progress.begin("Embedding", len(work))
         started = time.monotonic()
-        last_save = time.monotonic()
-        stream = decode_stream(
-            work, lambda w: w.entry.path, size, workers=workers, window=batch_size * 3, max_pixels=max_pixels
-        )
-        for batch in batched(stream, batch_size):
-            good = [d for d in batch if d.pixels is not None]
-            vectors = embedder.embed(np.stack([d.pixels for d in good])) if good else None
+        last_save, save_cost = time.monotonic(), 0.0
+        batches = prefetch_batches(
+            work, lambda w: w.entry.path, size, batch_size,
+            workers=workers or default_workers(gpu=embedder.gpu), max_pixels=max_pixels,
+        )  # fmt: skip
+        for batch in batches:  # decoded and stacked on background threads while the model runs
+            good = batch.good
+            vectors = embedder.embed(batch.pixels) if good else None
             added_ids: list[int] = []
             with self.sessions() as session, session.begin():
                 for i, d in enumerate(good):
@@ -664,9 +690,8 @@ class Library:
                         EmbeddingRow(image_id=image_id, model_id=model.id, vector=store.vector_to_blob(vectors[i]))
                     )
                     added_ids.append(image_id)
-                for d in batch:
-                    if d.pixels is None:
-                        assert d.error is not None
+                for d in batch.items:
+                    if d.error is not None:
                         self._record_failure(session, d.item.entry.path, d.error, d.item.content_hash or None)
                         report.failed += 1
                         report.failures.append((d.item.entry.path, d.error))
@@ -677,9 +702,12 @@ class Library:
             report.embedded += len(added_ids)
             progress.advance(len(batch))
             report.embed_seconds = time.monotonic() - started
-            if time.monotonic() - last_save > SAVE_EVERY_S:
+            # a checkpoint for crash recovery; big indexes are saved less often (at most ~10% of the time)
+            if time.monotonic() - last_save > max(SAVE_EVERY_S, 10 * save_cost):
+                saving = time.monotonic()
                 self._save_index(model, index)
                 last_save = time.monotonic()
+                save_cost = last_save - saving
         progress.end()
 
     # --- querying ----------------------------------------------------------------------------

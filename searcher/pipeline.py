@@ -1,18 +1,30 @@
 """Parallel decoding with bounded memory, feeding the embedder.
 
-``decode_stream`` decodes files on a pool of worker threads (Pillow releases
-the GIL while it decodes and resizes) while the caller runs the model on the
-previous batch, keeping at most ``window`` decoded images in memory however
-many files there are.
+Indexing is a three-stage pipeline, each stage on its own threads so the model is never starved:
+
+1. ``decode_stream``: a pool of decode workers (threads by default: Pillow releases the
+   GIL while it decodes and resizes; ``processes=True`` uses worker processes instead)
+   turns files into model-sized uint8 arrays, in order, at most ``window`` ahead.
+2. ``prefetch_batches``: a background thread groups decoded images into batches and
+   stacks each into one contiguous ``(n, H, W, 3)`` array, keeping up to ``depth``
+   ready batches queued.
+3. The caller (``Library._embed_and_store``) runs the model on one batch and commits it
+   while stages 1-2 prepare the next ones.
+
+Memory is bounded however many files there are: ``window`` decoded images plus
+``depth + 2`` batches (about 5 MB per batch of 32 at 224 px), never the whole folder.
+Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (``decode.open_image``).
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -32,8 +44,39 @@ class Decoded(Generic[T]):
     error: str | None
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+@dataclass(slots=True)
+class Batch(Generic[T]):
+    """Decoded items in input order; ``pixels`` stacks those that decoded (``good`` indexes them)."""
+
+    items: list[Decoded[T]]
+    pixels: np.ndarray
+    good: list[Decoded[T]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def default_workers(gpu: bool = False) -> int:
+    """Decode workers: every core when a GPU runs the model (decoding is then the bottleneck), else up to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores if gpu else min(8, cores))
+
+
+def _decode(path: str, size: tuple[int, int], max_pixels: int | None) -> tuple[np.ndarray | None, object, str | None]:
+    """Decode one file (runs in a worker thread or process; must stay picklable)."""
+    try:
+        pixels, info = load_for_model(path, size, max_pixels=max_pixels)
+        info.image = None  # type: ignore[assignment]  # drop the full picture, keep the facts
+        return pixels, info, None
+    except DecodeError as exc:
+        return None, None, str(exc)
+
+
+def _process_pool(workers: int) -> Executor:
+    import multiprocessing
+
+    # never fork a process that may already run TensorFlow's threads
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def decode_stream(
@@ -44,29 +87,28 @@ def decode_stream(
     workers: int | None = None,
     window: int = 64,
     max_pixels: int | None = None,
+    processes: bool = False,
 ) -> Iterator[Decoded[T]]:
     """Decode ``items`` in order, ``workers`` at a time, never more than ``window`` ahead."""
+    n_workers = workers or default_workers()
+    pending: deque[tuple[T, Future]] = deque()
+    pool = _process_pool(n_workers) if processes else ThreadPoolExecutor(n_workers, thread_name_prefix="decode")
 
-    def work(item: T) -> Decoded[T]:
-        try:
-            pixels, info = load_for_model(path_of(item), size, max_pixels=max_pixels)
-            info.image = None  # type: ignore[assignment]  # drop the full picture, keep the facts
-            return Decoded(item, pixels, info, None)
-        except DecodeError as exc:
-            return Decoded(item, None, None, str(exc))
+    def finish(item: T, future: Future) -> Decoded[T]:
+        pixels, info, error = future.result()
+        return Decoded(item, pixels, info, error)  # type: ignore[arg-type]
 
-    pending: deque[Future[Decoded[T]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="decode") as pool:
-        try:
-            for item in items:
-                pending.append(pool.submit(work, item))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(_decode, path_of(item), size, max_pixels)))
+            if len(pending) >= window:
+                yield finish(*pending.popleft())
+        while pending:
+            yield finish(*pending.popleft())
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def batched(stream: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -78,3 +120,76 @@ def batched(stream: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def stack_batch(items: list[Decoded[T]], size: tuple[int, int]) -> Batch[T]:
+    good = [d for d in items if d.pixels is not None]
+    pixels = np.empty((len(good), size[1], size[0], 3), np.uint8)
+    for i, d in enumerate(good):
+        pixels[i] = d.pixels
+        d.pixels = None  # the stacked copy is the only one kept
+    return Batch(items, pixels, good)
+
+
+_DONE = object()
+
+
+def prefetch_batches(
+    items: Iterable[T],
+    path_of: Callable[[T], str],
+    size: tuple[int, int],
+    batch_size: int,
+    *,
+    workers: int | None = None,
+    window: int | None = None,
+    depth: int = 2,
+    max_pixels: int | None = None,
+    processes: bool = False,
+) -> Iterator[Batch[T]]:
+    """Stacked batches of decoded images, prepared on background threads while the caller works.
+
+    Up to ``depth`` finished batches wait in a queue; ``window`` (default: two batches)
+    images are being decoded ahead of them. Closing the iterator (or an exception in the
+    caller) stops the workers; a failure in them is raised here.
+    """
+    ready: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(obj: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(obj, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            stream = decode_stream(
+                items, path_of, size, workers=workers, window=window or 2 * batch_size,
+                max_pixels=max_pixels, processes=processes,
+            )  # fmt: skip
+            try:
+                for group in batched(stream, batch_size):
+                    if not put(stack_batch(group, size)):
+                        return
+            finally:
+                stream.close()
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            obj = ready.get()
+            if obj is _DONE:
+                return
+            if isinstance(obj, BaseException):
+                raise obj
+            yield obj  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -10,6 +10,7 @@ from searcher.cli import (
     core,  # noqa: F401  (registers commands)
     duplicates,  # noqa: F401
     maintenance,  # noqa: F401
+    serve,  # noqa: F401
 )
 from searcher.cli.app import app
 

@@ -55,6 +55,16 @@ def index(
     max_pixels: Annotated[
         int | None, typer.Option("--max-pixels", help="Refuse images larger than this many pixels.")
     ] = None,
+    index_type: Annotated[
+        str | None,
+        typer.Option(
+            "--index-type",
+            help="Vector index: auto (exact below 50k vectors, IVF-PQ with exact re-ranking above), "
+            "flat (always exact), hnsw or ivfpq. Remembered per model. Default: the model's current choice, "
+            "else auto.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     library: LibraryOption = None,
     json_output: JsonOption = False,
@@ -75,6 +85,7 @@ def index(
             paths, backbone=backbone, weights=weights, pooling=pooling,
             batch_size=batch_size, workers=workers, retry_failed=retry_failed, wait=wait,
             max_pixels=max_pixels, progress=RichProgress(enabled=not quiet and not json_output),
+            index_type=index_type,
         )  # fmt: skip
     except IndexInterrupted as exc:
         report = exc.report

@@ -1,0 +1,53 @@
+"""`searcher serve`: keep the model warm and answer queries over HTTP (JSON)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from searcher.cli.app import DebugOption, LibraryOption, app, console, err_console, handle_errors
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback only by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 8765,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", "-b", help="Answer with this backbone's vectors.", show_default=False)
+    ] = None,
+    pooling: Annotated[str | None, typer.Option(help="Use the vectors made with this pooling.")] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")] = 64,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every request on stderr.")] = False,
+    library: LibraryOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Serve queries over HTTP with the model kept loaded (answers in milliseconds).
+
+    GET /health, GET /info, GET /query?path=<indexed image>&k=10&threshold=0.8, and
+    POST /query with an image (raw body or multipart field 'image'). JSON answers.
+    No authentication: keep it on 127.0.0.1 or behind a proxy. Ctrl-C stops it.
+    """
+    from rich.markup import escape
+
+    from searcher.serve import is_loopback, make_server
+
+    if not is_loopback(host):
+        err_console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach it can query it")
+    err_console.print("loading the library and the model ...")
+    server = make_server(
+        library, host, port, backbone=backbone, pooling=pooling,
+        max_upload=int(max_upload_mb * 1024 * 1024), verbose=verbose,
+    )  # fmt: skip
+    health = server.service.health()
+    console.print(
+        f"serving {escape(health['library'])} ({health['vectors']} vectors, {health['backbone']}, "
+        f"{health['index']} index) on {server.url}  (Ctrl-C stops)"
+    )
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        err_console.print("stopped")
+    finally:
+        server.server_close()
