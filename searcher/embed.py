@@ -13,10 +13,11 @@ import contextlib
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image as PILImage
 
 from searcher.backbones.registry import (
     PREPROCESS_VERSION,
@@ -193,6 +194,60 @@ class Embedder:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         return self._forward(np.ascontiguousarray(images, dtype=np.uint8)).numpy().astype(np.float32)
+
+    def embed_images(self, images: Sequence[PILImage.Image], *, mode: str = "squash", scales: Sequence[float] = (1.0,)):
+        """PIL RGB images -> (n, dim) unit vectors, one model call per image and scale (slower than
+        :meth:`embed`; used by :mod:`searcher.evaluate` to measure embedding variants).
+
+        ``mode``: ``"squash"`` resizes to the input size like :meth:`embed`; ``"aspect"`` keeps the
+        aspect ratio with the short side at the input size (the backbones are fully convolutional).
+        ``scales``: side multipliers; the L2-normalised pooled vectors of all scales are averaged.
+        """
+        if mode not in ("squash", "aspect"):
+            raise ValueError(f"mode must be squash or aspect, not {mode!r}")
+        forward = self._dynamic_forward()
+        side = self.spec.input_size
+        out = np.zeros((len(images), self.dim), np.float32)
+        for i, image in enumerate(images):
+            w, h = image.size
+            for scale in scales:
+                target = side * float(scale)
+                if mode == "squash":
+                    size = (round(target), round(target))
+                else:
+                    r = target / min(w, h)
+                    size = (max(32, round(w * r)), max(32, round(h * r)))
+                img = image
+                if img.size != size:
+                    img = img.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=3.0)
+                out[i] += forward(np.asarray(img, dtype=np.uint8)[None]).numpy()[0]
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def _dynamic_forward(self):
+        """The same network and pooling for inputs of any height and width (built on first use)."""
+        if getattr(self, "_dyn_forward", None) is None:
+            import tensorflow as tf
+
+            with quiet_native_stderr(), _float16_policy(self.gpu and self.spec.mixed_precision):
+                model = self.spec.build(None, (None, None, 3))
+            model.set_weights(self.model.get_weights())
+            preprocess, pooling = self.spec.preprocess, self.pooling
+
+            def forward(batch: tf.Tensor) -> tf.Tensor:
+                fmap = tf.cast(model(preprocess(tf.cast(batch, tf.float32)), training=False), tf.float32)
+                if pooling == "avg":
+                    pooled = tf.reduce_mean(fmap, axis=[1, 2])
+                elif pooling == "max":
+                    pooled = tf.reduce_max(fmap, axis=[1, 2])
+                else:
+                    pooled = tf.pow(tf.reduce_mean(tf.pow(tf.maximum(fmap, 1e-6), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
+                return tf.math.l2_normalize(pooled, axis=1)
+
+            self._dyn_model = model
+            self._dyn_forward = tf.function(
+                forward, input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)], reduce_retracing=True
+            )
+        return self._dyn_forward
 
 
 _CACHE: dict[tuple[str, str | None, str], Embedder] = {}

@@ -719,15 +719,32 @@ class Library:
         backbone: str | None = None,
         pooling: str | None = None,
         include_self: bool = False,
+        invariant: bool | str | Sequence[str] | None = None,
+        expand: bool | None = None,
+        augment: bool | None = None,
     ) -> list[QueryResult]:
         """Nearest neighbours of each probe image (files or folders of images), best first.
 
         A probe that is already indexed (same path, size and mtime) reuses its
         stored vector, so no network is loaded. The probe's own file is left out
         of its results unless ``include_self``.
+
+        Retrieval techniques (:mod:`searcher.rerank`; defaults in :data:`searcher.rerank.DEFAULTS`):
+        ``invariant`` matches rotated copies: ``None`` (default) embeds a probe that needs the
+        network anyway in its four 90-degree rotations (and, when it has a solid frame, the same
+        views of its inside) and keeps each image's best score, while an indexed probe keeps its
+        stored vector; ``True``/``"rotations"``, ``"all"`` (rotations and flips) or ``False``
+        force a choice. ``augment``: database-side augmentation (DBA) of the
+        shortlist; ``expand``: alpha query expansion. ``Hit.score`` stays the plain cosine
+        similarity (best over the probe's rotations); re-ranking only changes the order.
         """
+        from searcher import rerank
+
+        settings = rerank.settings(expand=expand, augment=augment)
+        kinds_new = rerank.invariance_kinds(rerank.DEFAULTS.invariant if invariant is None else invariant)
+        kinds_stored = rerank.invariance_kinds(False if invariant is None else invariant)
         model = self.find_model(backbone, pooling)
-        index = self.vector_index(model)
+        self.vector_index(model)  # loaded (and reconciled) before any network is built
         probe_paths: list[str] = []
         for probe in probes:
             p = absolute(probe)
@@ -749,10 +766,12 @@ class Library:
                     entry = fingerprint(p)
                 except OSError:
                     continue
+                if len(kinds_stored) > 1:
+                    continue  # forced invariance: embed the probe's variants below
                 if (row.size, row.mtime_ns, row.status) == (entry.size, entry.mtime_ns, STATUS_OK):
                     found = store.vectors_for(session, model.id, [row.id])
                     if row.id in found:
-                        vectors[p] = found[row.id]
+                        vectors[p] = found[row.id][None]
         todo = []
         for p in probe_paths:
             if p in vectors:
@@ -770,24 +789,80 @@ class Library:
                         errors[d.item] = d.error
                 good = [d for d in batch if d.pixels is not None]
                 if good:
-                    for d, vector in zip(good, embedder.embed(np.stack([d.pixels for d in good])), strict=True):
-                        vectors[d.item] = vector
+                    trim = len(kinds_new) > 1  # invariant probes are also searched without a frame
+                    views = [rerank.probe_views(d.pixels, kinds_new, trim) for d in good]
+                    out = embedder.embed(np.stack([v for vs in views for v in vs]))
+                    start = 0
+                    for d, vs in zip(good, views, strict=True):
+                        vectors[d.item] = out[start : start + len(vs)]
+                        start += len(vs)
                         embedded.add(d.item)
         ok = [p for p in probe_paths if p in vectors]
         results: dict[str, list[Hit]] = {}
         if ok:
-            matrix = np.stack([vectors[p] for p in ok])
-            scores, ids = index.search(matrix, k + 1)
-            rows = self._rows_by_id({int(i) for i in ids.ravel() if i >= 0})
-            for p, srow, irow in zip(ok, scores, ids, strict=True):
-                hits: list[Hit] = []
-                for s, i in zip(srow, irow, strict=True):
-                    if i < 0 or (not include_self and self_ids.get(p) == i) or int(i) not in rows:
-                        continue
-                    r = rows[int(i)]
-                    hits.append(Hit(len(hits) + 1, r.path, float(s), r.width, r.height, int(i)))
-                results[p] = hits[:k]
+            exclude = [None if include_self else self_ids.get(p) for p in ok]
+            found = self.search_probes([vectors[p] for p in ok], k, model=model, exclude=exclude, settings=settings)
+            results = dict(zip(ok, found, strict=True))
         return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
+
+    def search_probes(
+        self,
+        probes: Sequence[np.ndarray],
+        k: int = 10,
+        *,
+        model: ModelRow | None = None,
+        exclude: Sequence[int | None] | None = None,
+        settings: Any = None,
+    ) -> list[list[Hit]]:
+        """The ``k`` indexed images nearest to each probe, given as a (variants, dim) array of unit
+        vectors (rotated views of one image), with re-ranking (:func:`searcher.rerank.retrieve`;
+        ``settings`` defaults to :func:`searcher.rerank.settings`). ``exclude[i]`` is an image id to
+        leave out of probe ``i``'s results. ``Hit.score`` is the plain cosine similarity (best
+        variant); the order is the re-ranked one. No network is loaded."""
+        from searcher import rerank
+
+        model = model or self.find_model()
+        settings = rerank.settings() if settings is None else settings
+        index = self.vector_index(model)
+        cache = self._neighbour_cache(model, index, settings)
+        ranked = []
+        for n, variants in enumerate(probes):
+            skip = exclude[n] if exclude is not None else None
+            ranked.append(
+                rerank.retrieve(
+                    index.search, cache.vectors, variants, k + 1, settings,
+                    exclude=[] if skip is None else [skip], cache=cache,
+                )  # fmt: skip
+            )
+        rows = self._rows_by_id({int(i) for r in ranked for i in r.ids})
+        out: list[list[Hit]] = []
+        for variants, r in zip(probes, ranked, strict=True):
+            plain = (np.atleast_2d(variants) @ cache.vectors(r.ids).T).max(0) if len(r.ids) else r.scores
+            hits: list[Hit] = []
+            for s, i in zip(plain, r.ids, strict=True):
+                if int(i) in rows and len(hits) < k:
+                    row = rows[int(i)]
+                    hits.append(Hit(len(hits) + 1, row.path, float(s), row.width, row.height, int(i)))
+            out.append(hits)
+        return out
+
+    def _neighbour_cache(self, model: ModelRow, index: VectorIndex, settings: Any) -> Any:
+        """Stored vectors and DBA neighbour lists, kept while the model's vectors do not change."""
+        from searcher import rerank
+
+        with self.sessions() as session:
+            revision = session.get(ModelRow, model.id).revision  # type: ignore[union-attr]
+        caches = self.__dict__.setdefault("_neighbour_caches", {})
+        token = (revision, len(index), settings.dba_k)
+        held = caches.get(model.key)
+        if held is None or held[0] != token:
+
+            def reconstruct(ids: np.ndarray) -> np.ndarray:
+                return np.stack([index.reconstruct(int(i)) for i in ids])
+
+            held = (token, rerank.NeighbourCache(index.search, reconstruct, settings.dba_k + 2))
+            caches[model.key] = held
+        return held[1]
 
     def _rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         ids = list(ids)

@@ -61,3 +61,27 @@ def make_photo():
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def holidays_subset(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The first 30 groups of ``holidays-dev`` (82 photos; links, not copies), their ground truth, and a
+    library that has indexed them with the default backbone: ``{"folder", "groundtruth", "library", "groups"}``."""
+    import json
+
+    from searcher import Library
+
+    gt = json.loads((shared / "datasets" / "holidays-dev" / "groundtruth.json").read_text())
+    groups = gt["groups"][:30]
+    root = tmp_path_factory.mktemp("holidays-subset")
+    folder = root / "images"
+    folder.mkdir()
+    for group in groups:
+        for name in group:
+            (folder / name).symlink_to(shared / "datasets" / "holidays-dev" / "images" / name)
+    truth = root / "groundtruth.json"
+    truth.write_text(json.dumps({"groups": groups, "queries": {g[0]: g[1:] for g in groups}}))
+    library = root / "library"
+    with Library.open(library) as lib:
+        lib.index([folder])
+    return {"folder": folder, "groundtruth": truth, "library": library, "groups": groups}

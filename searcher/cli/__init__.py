@@ -9,6 +9,7 @@ from searcher.cli import (
     backbones,  # noqa: F401
     core,  # noqa: F401  (registers commands)
     duplicates,  # noqa: F401
+    evaluate,  # noqa: F401
     maintenance,  # noqa: F401
     serve,  # noqa: F401
 )

@@ -1,0 +1,259 @@
+"""Retrieval quality per backbone, measured like the literature; writes JSON, prints markdown tables.
+
+For every backbone whose weights are on this machine (EfficientNet-Lite0/1/2 from their pip
+packages, MobileNet v1/v2 from ``../shared/weights``):
+
+- INRIA Holidays (``holidays-dev``, Holidays protocol: each group's NNNN00 image queries the rest,
+  itself removed from its ranking): mAP, per technique;
+- Oxford Flowers-17 (every image queries the other 1,359; positives = its species): mAP, P@10;
+- near-duplicates: edited copies (:mod:`searcher.edits`, all kinds) of photos sampled from
+  ``holidays-dev`` query the whole folder (the other shots of each scene are hard negatives):
+  recall@1 of the source, per kind of edit;
+- the cost of each technique: query latency per probe, and index throughput.
+
+    .venv/bin/python scripts/quality_report.py                       # all backbones, ~1 h on 2 busy cores
+    .venv/bin/python scripts/quality_report.py -b efficientnet_lite0 --variants   # + embedding variants
+
+Settings were chosen on Flowers-17 and a near-duplicate benchmark built from sample-photos and
+imagededup (with Flowers-17 as distractors); Holidays was only used to report (and to confirm that
+a technique helps on data not used to choose it). Libraries are kept in ``bench-out/quality-libraries``
+so a re-run only embeds what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("SEARCHER_SHARED", REPO.parent / "shared"))
+HOLIDAYS = SHARED / "datasets" / "holidays-dev"
+FLOWERS = SHARED / "datasets" / "flowers17"
+BACKBONES = {
+    "efficientnet_lite0": None,
+    "efficientnet_lite1": None,
+    "efficientnet_lite2": None,
+    "mobilenet_v2": SHARED / "weights" / "mobilenet_v2_1.0_224.weights.h5",
+    "mobilenet": SHARED / "weights" / "mobilenet_1.0_224.weights.h5",
+}
+
+
+def configs(variants: bool) -> dict[str, Any]:
+    from searcher.evaluate import RetrievalOptions
+    from searcher.rerank import DEFAULTS, ROTATIONS
+
+    d = dict(dba_alpha=DEFAULTS.dba_alpha, qe_alpha=DEFAULTS.qe_alpha)
+    out = {
+        "plain": RetrievalOptions(),
+        "invariant": RetrievalOptions(invariant=ROTATIONS, trim=True),
+        "dba": RetrievalOptions(dba_k=DEFAULTS.dba_k, **d),
+        "qe": RetrievalOptions(qe_k=DEFAULTS.qe_k, **d),
+        "default": RetrievalOptions(invariant=ROTATIONS, trim=True, dba_k=DEFAULTS.dba_k, **d),
+        "default+qe": RetrievalOptions(invariant=ROTATIONS, trim=True, dba_k=DEFAULTS.dba_k, qe_k=DEFAULTS.qe_k, **d),
+    }
+    if variants:
+        out.update({
+            "whiten256": RetrievalOptions(whiten=True, whiten_dim=256),
+            "aspect": RetrievalOptions(mode="aspect"),
+            "multiscale": RetrievalOptions(mode="aspect", scales=(0.7071, 1.0, 1.4142)),
+            "multiscale+default": RetrievalOptions(
+                mode="aspect", scales=(0.7071, 1.0, 1.4142), invariant=ROTATIONS, dba_k=DEFAULTS.dba_k, **d
+            ),
+            "rotations only": RetrievalOptions(invariant=ROTATIONS),
+        })  # fmt: skip
+    return out
+
+
+def dup_configs() -> dict[str, Any]:
+    from searcher.evaluate import RetrievalOptions
+    from searcher.rerank import DEFAULTS, ROTATIONS, ROTATIONS_AND_FLIPS
+
+    return {
+        "plain": RetrievalOptions(),
+        "rotations+flips": RetrievalOptions(invariant=ROTATIONS_AND_FLIPS, trim=True),
+        "default retrieval": RetrievalOptions(invariant=ROTATIONS, trim=True, dba_k=DEFAULTS.dba_k),
+    }
+
+
+def query_latency(lib: Any, probes: list[str]) -> dict[str, float]:
+    """Milliseconds per probe of ``Library.query`` for new photos (not indexed), per technique."""
+    lib.query(probes[:2], k=10, invariant=False, augment=False)  # load the network once
+    out = {}
+    for name, kw in {
+        "plain": dict(invariant=False, augment=False, expand=False),
+        "invariant": dict(invariant=True, augment=False, expand=False),
+        "rotations+flips": dict(invariant="all", augment=False, expand=False),
+        "dba": dict(invariant=False, augment=True, expand=False),
+        "qe": dict(invariant=False, augment=False, expand=True),
+        "default": dict(),
+        "default+qe": dict(expand=True),
+    }.items():
+        started = time.perf_counter()
+        lib.query(probes, k=10, **kw)
+        out[name] = round(1000 * (time.perf_counter() - started) / len(probes), 1)
+    return out
+
+
+def run_backbone(name: str, weights: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    from searcher import Library
+    from searcher.evaluate import GroundTruth, evaluate_folder, near_duplicate_benchmark
+
+    w = str(weights) if weights else None
+    result: dict[str, Any] = {"backbone": name, "weights": w or "imagenet"}
+    lib_dir = Path(args.libraries) / name
+    holidays_gt = GroundTruth.load(HOLIDAYS / "groundtruth.json")
+    flowers_gt = GroundTruth.load(FLOWERS / "groundtruth.json")
+    with Library.open(lib_dir) as lib:
+        for label, folder in (("holidays", HOLIDAYS / "images"), ("flowers", FLOWERS / "images")):
+            started = time.monotonic()
+            report = lib.index([folder], backbone=name, weights=w)
+            result[f"index_{label}"] = {
+                "embedded": report.embedded, "seconds": round(time.monotonic() - started, 1),
+                "images_per_s": round(report.embedded / report.seconds, 1) if report.embedded else None,
+            }  # fmt: skip
+        for label, folder, gt in (
+            ("holidays", HOLIDAYS / "images", holidays_gt),
+            ("flowers", FLOWERS / "images", flowers_gt),
+        ):
+            result[label] = {}
+            for cname, opts in configs(args.variants and name == "efficientnet_lite0").items():
+                r = evaluate_folder(lib, folder, gt, opts, backbone=name, weights=w, index=False)
+                result[label][cname] = r.as_dict()
+                m = r.metrics
+                print(f"  {name} {label:8s} {cname:20s} mAP={m.map:.4f} P@10={m.precision[10]:.4f}", flush=True)
+        if args.variants and name == "efficientnet_lite0":
+            # GeM pooling (p=3) is an index-time choice: a second set of vectors in the same library.
+            lib.index([HOLIDAYS / "images", FLOWERS / "images"], backbone=name, weights=w, pooling="gem")
+            for label, folder, gt in (
+                ("holidays", HOLIDAYS / "images", holidays_gt),
+                ("flowers", FLOWERS / "images", flowers_gt),
+            ):
+                for cname in ("plain", "default"):
+                    opts = configs(False)[cname]
+                    r = evaluate_folder(lib, folder, gt, opts, backbone=name, pooling="gem", index=False)
+                    result[label][f"gem3 {cname}"] = r.as_dict()
+                    print(f"  {name} {label:8s} gem3 {cname:15s} mAP={r.metrics.map:.4f}", flush=True)
+        result["near_duplicates"] = {}
+        sources = args.near_dup_sources if name == "efficientnet_lite0" else args.near_dup_sources_other
+        with tempfile.TemporaryDirectory(prefix="quality-neardup-") as work:
+            for cname, opts in dup_configs().items():
+                r = near_duplicate_benchmark(
+                    lib, HOLIDAYS / "images", sources=sources, seed=0, options=opts, workdir=work,
+                    backbone=name, weights=w, index=False,
+                )  # fmt: skip
+                result["near_duplicates"][cname] = r.as_dict()
+                low = {k: v["recall@1"] for k, v in r.per_kind.items() if v["recall@1"] < 1}
+                print(f"  {name} near-dup {cname:34s} R@1={r.overall['recall@1']:.4f} {low}", flush=True)
+            copies = sorted(str(p) for p in Path(work).glob("*.jpg"))[
+                :: max(1, len(list(Path(work).glob("*.jpg"))) // 40)
+            ]
+            result["query_ms_per_new_probe"] = query_latency(lib, copies[:40])
+            result["library_images"] = lib.info()["images"]
+    return result
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| backbone | Holidays mAP plain | Holidays mAP default | Flowers-17 P@10 plain | Flowers-17 P@10 default "
+        "| Flowers-17 mAP plain / default | near-dup R@1 plain | near-dup R@1 rot+flips | index img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        h, f, n = r["holidays"], r["flowers"], r["near_duplicates"]
+        speed = r["index_flowers"]["images_per_s"]
+        lines.append(
+            f"| {r['backbone']} | {h['plain']['mAP']:.3f} | **{h['default']['mAP']:.3f}** "
+            f"| {f['plain']['precision']['10']:.3f} | **{f['default']['precision']['10']:.3f}** "
+            f"| {f['plain']['mAP']:.3f} / {f['default']['mAP']:.3f} "
+            f"| {n['plain']['overall']['recall@1']:.3f} | **{n['rotations+flips']['overall']['recall@1']:.3f}** "
+            f"| {speed if speed is not None else 'cached'} |"
+        )
+    first = results[0]
+    lines += ["", f"Techniques, {first['backbone']} (mAP trapezoid = the official Holidays script):", ""]
+    lines += [
+        "| technique | Holidays mAP | Holidays mAP (trapezoid) | Flowers-17 P@10 | Flowers-17 mAP | ms per new probe |",
+        "|---|---|---|---|---|---|",
+    ]
+    lat = first.get("query_ms_per_new_probe", {})
+    for cname, h in first["holidays"].items():
+        f = first["flowers"].get(cname)
+        if f is None:
+            continue
+        lines.append(
+            f"| {cname} | {h['mAP']:.4f} | {h['mAP_trapezoid']:.4f} | {f['precision']['10']:.4f} | {f['mAP']:.4f} "
+            f"| {lat.get(cname, '')} |"
+        )
+    lines += ["", f"Near-duplicates ({first['backbone']}), recall@1 of the source per kind of edit:", ""]
+    dup = first["near_duplicates"]
+    names = list(dup)
+    lines += ["| edit | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    kinds = list(dup[names[0]]["per_kind"])
+    for kind in [*kinds, "all"]:
+        cells = [(dup[c]["overall"] if kind == "all" else dup[c]["per_kind"][kind])["recall@1"] for c in names]
+        lines.append(f"| {kind} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-b", "--backbone", action="append", help="Backbone(s) (default: all with weights here).")
+    parser.add_argument("--out", default=str(REPO / "bench-out" / "quality_report.json"))
+    parser.add_argument("--libraries", default=str(REPO / "bench-out" / "quality-libraries"))
+    parser.add_argument("--near-dup-sources", type=int, default=50, help="Photos edited (default backbone).")
+    parser.add_argument("--near-dup-sources-other", type=int, default=25, help="Photos edited (other backbones).")
+    parser.add_argument("--variants", action="store_true", help="Also GeM, aspect, multi-scale, whitening (Lite0).")
+    args = parser.parse_args()
+    from searcher.backbones.registry import get_backbone, weights_status
+
+    chosen = args.backbone or list(BACKBONES)
+    results, skipped = [], {}
+    started = time.monotonic()
+    for name in chosen:
+        weights = BACKBONES.get(name)
+        ok, where = weights_status(get_backbone(name), str(weights) if weights else "imagenet")
+        if not ok:
+            skipped[name] = f"weights not available: {where}"
+            print(f"skip {name}: {skipped[name]}", flush=True)
+            continue
+        print(f"{name} ...", flush=True)
+        results.append(run_backbone(name, weights, args))
+        write(args.out, results, skipped, started)
+    out = write(args.out, results, skipped, started)
+    print()
+    print(markdown(results))
+    print(f"\nJSON: {out}; load average {load_average()}")
+
+
+def write(path: str, results: list[dict[str, Any]], skipped: dict[str, str], started: float) -> Path:
+    doc = {
+        "results": results,
+        "skipped": skipped,
+        "machine": {
+            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_at_end": load_average(), "seconds": round(time.monotonic() - started, 1),
+        },
+        "command": " ".join(sys.argv),
+    }  # fmt: skip
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

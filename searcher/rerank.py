@@ -1,0 +1,436 @@
+"""Re-ranking and descriptor post-processing on top of FAISS.
+
+Every technique here works on L2-normalised vectors and a ``search(queries, k) -> (scores, ids)``
+function (a FAISS index, :class:`searcher.vector_index.VectorIndex`, or a plain matrix), so the
+same code serves :meth:`searcher.Library.query` and :mod:`searcher.evaluate`:
+
+- **transform-invariant search** (:func:`invariant_search`): the probe is embedded in several
+  orientations (90-degree rotations, flips); each database image scores the best of them. Exact
+  (merging the per-variant top-k lists gives the top-k of the maximum), costs nothing at index
+  time; at query time one forward pass and one search per variant.
+- **alpha query expansion** (:func:`alpha_qe`, Radenovic et al. 2018): a second search with the
+  query plus its top-``k`` results weighted by ``similarity ** alpha``.
+- **database-side augmentation** (:func:`dba`): every database vector becomes the weighted mean of
+  itself and its top-``k`` neighbours; the result is a derived index (same ids).
+- **PCA-whitening** (:class:`Whitening`): ``faiss.PCAMatrix`` with ``eigen_power=-0.5`` learned on
+  the library's own vectors, applied to database and queries, then re-normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from PIL import Image
+
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+# The eight symmetries of the square, as PIL transposes (None = identity).
+DIHEDRAL: dict[str, Image.Transpose | None] = {
+    "identity": None,
+    "rot90": Image.Transpose.ROTATE_90,
+    "rot180": Image.Transpose.ROTATE_180,
+    "rot270": Image.Transpose.ROTATE_270,
+    "hflip": Image.Transpose.FLIP_LEFT_RIGHT,
+    "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
+    "transpose": Image.Transpose.TRANSPOSE,
+    "transverse": Image.Transpose.TRANSVERSE,
+}
+ROTATIONS: tuple[str, ...] = ("identity", "rot90", "rot180", "rot270")
+ROTATIONS_AND_FLIPS: tuple[str, ...] = tuple(DIHEDRAL)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def transformed(image: Image.Image, kinds: Sequence[str]) -> list[Image.Image]:
+    """``image`` under each of ``kinds`` (names from :data:`DIHEDRAL`)."""
+    out = []
+    for kind in kinds:
+        try:
+            op = DIHEDRAL[kind]
+        except KeyError:
+            raise ValueError(f"unknown transform {kind!r}; choose from {', '.join(DIHEDRAL)}") from None
+        out.append(image if op is None else image.transpose(op))
+    return out
+
+
+def array_variants(pixels: np.ndarray, kinds: Sequence[str]) -> list[np.ndarray]:
+    """A (H, W, 3) array under each of ``kinds``: the same pixels as the PIL transposes of
+    :data:`DIHEDRAL` (for the square model inputs, transforming the squashed image equals squashing
+    the transformed one, so no second decode is needed)."""
+    out = []
+    for kind in kinds:
+        if kind not in _ARRAY_OPS:
+            raise ValueError(f"unknown transform {kind!r}; choose from {', '.join(DIHEDRAL)}")
+        out.append(np.ascontiguousarray(_ARRAY_OPS[kind](pixels)))
+    return out
+
+
+_ARRAY_OPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda a: a,
+    "rot90": lambda a: np.rot90(a, 1),
+    "rot180": lambda a: np.rot90(a, 2),
+    "rot270": lambda a: np.rot90(a, 3),
+    "hflip": lambda a: a[:, ::-1],
+    "vflip": lambda a: a[::-1],
+    "transpose": lambda a: a.transpose(1, 0, 2),
+    "transverse": lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+}
+
+
+def trim_border(
+    pixels: np.ndarray, tolerance: int = 18, min_px: int = 3, max_fraction: float = 0.3
+) -> np.ndarray | None:
+    """The picture inside a solid frame or letterbox bars, resized back to the input's shape; or
+    ``None`` when there is none (a frame on all four sides, or bars on two opposite sides, at least
+    ``min_px`` thick and of one colour). Probes with a frame are also searched without it: a framed
+    copy then finds its unframed source."""
+    h, w = pixels.shape[:2]
+    arr = pixels.astype(np.int16)
+    ring = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    colour = np.median(ring, axis=0)
+
+    def thickness(lines: np.ndarray) -> int:
+        # a line belongs to the frame when 95 % of its pixels are within tolerance of the frame colour
+        close = np.abs(lines - colour).max(axis=-1) <= tolerance  # (n_lines, length)
+        solid = np.mean(close, axis=1) >= 0.95
+        return int(np.argmin(solid)) if not solid.all() else len(solid)
+
+    limit_h, limit_w = int(h * max_fraction), int(w * max_fraction)
+    top = thickness(arr[:limit_h])
+    bottom = thickness(arr[::-1][:limit_h])
+    left = thickness(arr[:, :limit_w].transpose(1, 0, 2))
+    right = thickness(arr[:, ::-1][:, :limit_w].transpose(1, 0, 2))
+    vertical = top >= min_px and bottom >= min_px and top < limit_h and bottom < limit_h
+    horizontal = left >= min_px and right >= min_px and left < limit_w and right < limit_w
+    if not (vertical or horizontal):
+        return None
+    t, b = (top, bottom) if vertical else (0, 0)
+    lft, rgt = (left, right) if horizontal else (0, 0)
+    inner = pixels[t : h - b, lft : w - rgt]
+    return np.asarray(Image.fromarray(inner).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def probe_views(pixels: np.ndarray, kinds: Sequence[str], trim: bool = True) -> list[np.ndarray]:
+    """The model inputs to embed for one probe: ``kinds`` of it, and of its inside when it has a
+    frame (:func:`trim_border`)."""
+    views = array_variants(pixels, kinds)
+    inner = trim_border(pixels) if trim else None
+    if inner is not None:
+        views += array_variants(inner, kinds)
+    return views
+
+
+def invariance_kinds(invariant: bool | str | Sequence[str]) -> tuple[str, ...]:
+    """Normalise an ``invariant`` option: False -> identity only; True / "rotations" -> the four
+    rotations; "flips" or "all" -> rotations and flips; or an explicit list of transform names."""
+    if invariant is False or invariant is None or invariant == "none":
+        return ("identity",)
+    if invariant is True or invariant == "rotations":
+        return ROTATIONS
+    if invariant in ("all", "flips", "rotations+flips"):
+        return ROTATIONS_AND_FLIPS
+    if isinstance(invariant, str):
+        invariant = [s.strip() for s in invariant.split(",") if s.strip()]
+    kinds = tuple(invariant)
+    for k in kinds:
+        if k not in DIHEDRAL:
+            raise ValueError(f"unknown transform {k!r}; choose from {', '.join(DIHEDRAL)}")
+    return kinds if "identity" in kinds else ("identity", *kinds)
+
+
+def matrix_search(database: np.ndarray, ids: np.ndarray | None = None) -> SearchFn:
+    """A ``search`` function over an in-memory matrix of unit vectors (exact inner product)."""
+    index = faiss.IndexFlatIP(database.shape[1])
+    index.add(np.ascontiguousarray(database, dtype=np.float32))
+    id_map = np.arange(len(database), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(k, index.ntotal))
+        scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+
+    return search
+
+
+@dataclass
+class Ranked:
+    """One probe's results, best first: ``variant[i]`` = which probe variant gave ``scores[i]``."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+    variant: np.ndarray
+
+
+def merge_max(scores: np.ndarray, ids: np.ndarray, k: int, exclude: Sequence[int] = ()) -> Ranked:
+    """Merge the top-k lists of several probe variants ((v, k') arrays) by the best score per id."""
+    scores = np.atleast_2d(scores)
+    ids = np.atleast_2d(ids)
+    variant = np.repeat(np.arange(scores.shape[0]), scores.shape[1])
+    s, i = scores.ravel(), ids.ravel()
+    keep = i >= 0
+    if len(exclude):
+        keep &= ~np.isin(i, np.asarray(list(exclude), np.int64))
+    s, i, variant = s[keep], i[keep], variant[keep]
+    order = np.lexsort((i, -s))  # best score first, ties by id
+    s, i, variant = s[order], i[order], variant[order]
+    _, first = np.unique(i, return_index=True)  # first occurrence = best score of that id
+    first = np.sort(first)[:k]
+    return Ranked(s[first].astype(np.float32), i[first].astype(np.int64), variant[first].astype(np.int64))
+
+
+def invariant_search(search: SearchFn, variants: np.ndarray, k: int, exclude: Sequence[int] = ()) -> Ranked:
+    """Top-``k`` database ids by the best score over the probe's ``variants`` ((v, d) unit vectors)."""
+    variants = np.atleast_2d(variants)
+    scores, ids = search(variants, k + len(exclude))
+    return merge_max(scores, ids, k, exclude)
+
+
+def expansion_weights(scores: np.ndarray, alpha: float) -> np.ndarray:
+    return np.maximum(np.asarray(scores, np.float32), 0.0) ** alpha
+
+
+@dataclass(frozen=True)
+class RerankSettings:
+    """Query expansion and database-side augmentation settings (0 neighbours = off).
+
+    ``shortlist``: how many first-pass results are re-scored with DBA vectors (and searched again
+    after query expansion); results beyond it keep their plain order.
+    """
+
+    qe_k: int = 0
+    qe_alpha: float = 3.0
+    dba_k: int = 0
+    dba_alpha: float = 3.0
+    shortlist: int = 100
+
+    @property
+    def active(self) -> bool:
+        return bool(self.qe_k or self.dba_k)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What :meth:`searcher.Library.query` and ``searcher eval`` use unless told otherwise.
+
+    Chosen on Oxford Flowers-17 and a near-duplicate benchmark of sample-photos/imagededup, kept on
+    only where they also helped on held-out INRIA Holidays (see the README, "Retrieval quality"):
+    rotation-invariant probes and DBA are on; alpha-QE (k=2, alpha=3) is available but off (it helps
+    category retrieval on Flowers-17, not instance retrieval on Holidays).
+    """
+
+    invariant: str = "rotations"
+    trim: bool = True  # invariant probes with a solid frame are also searched without it
+    augment: bool = True
+    dba_k: int = 2
+    dba_alpha: float = 3.0
+    expand: bool = False
+    qe_k: int = 2
+    qe_alpha: float = 3.0
+    shortlist: int = 100
+
+
+DEFAULTS = Defaults()
+
+
+def settings(expand: bool | None = None, augment: bool | None = None) -> RerankSettings:
+    """:class:`RerankSettings` from on/off switches (``None`` = :data:`DEFAULTS`)."""
+    expand = DEFAULTS.expand if expand is None else expand
+    augment = DEFAULTS.augment if augment is None else augment
+    return RerankSettings(
+        qe_k=DEFAULTS.qe_k if expand else 0,
+        qe_alpha=DEFAULTS.qe_alpha,
+        dba_k=DEFAULTS.dba_k if augment else 0,
+        dba_alpha=DEFAULTS.dba_alpha,
+        shortlist=DEFAULTS.shortlist,
+    )
+
+
+class NeighbourCache:
+    """Top neighbours of database vectors (for DBA), computed on demand and kept.
+
+    Valid for one state of the database: drop it when vectors are added or removed. Holds at most
+    ``max_items`` vectors (``4 * dim`` bytes each, plus a neighbour list), then starts afresh.
+    """
+
+    def __init__(
+        self,
+        search: SearchFn,
+        reconstruct: Callable[[np.ndarray], np.ndarray],
+        depth: int,
+        max_items: int = 20000,
+    ) -> None:
+        self.search, self.reconstruct, self.depth, self.max_items = search, reconstruct, depth, max_items
+        self._lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._vectors: dict[int, np.ndarray] = {}
+
+    def limit(self) -> None:
+        """Start afresh when more than ``max_items`` vectors are held (called between probes)."""
+        if len(self._vectors) > self.max_items:
+            self._vectors.clear()
+            self._lists.clear()
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        missing = [int(i) for i in ids if int(i) not in self._vectors]
+        if missing:
+            for i, v in zip(missing, self.reconstruct(np.asarray(missing, np.int64)), strict=True):
+                self._vectors[i] = np.asarray(v, np.float32)
+        return np.stack([self._vectors[int(i)] for i in ids]) if len(ids) else np.zeros((0, 0), np.float32)
+
+    def neighbours(self, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        missing = [int(i) for i in ids if int(i) not in self._lists]
+        if missing:
+            scores, found = self.search(self.vectors(np.asarray(missing, np.int64)), self.depth)
+            for i, s, f in zip(missing, scores, found, strict=True):
+                self._lists[i] = (s, f)
+        return [self._lists[int(i)] for i in ids]
+
+    def dba_vectors(self, ids: np.ndarray, k: int, alpha: float, exclude: Sequence[int] = ()) -> np.ndarray:
+        """DBA vectors of ``ids``: ``x + sum_j sim_j**alpha * x_j`` over each one's top ``k``
+        neighbours (itself and ``exclude`` left out), re-normalised (exactly what :func:`dba` gives
+        for those rows when ``exclude`` is empty)."""
+        base = self.vectors(ids)
+        if k <= 0 or len(ids) == 0:
+            return base
+        skip = {int(e) for e in exclude}
+        out = base.copy()
+        for row, (i, (scores, found)) in enumerate(zip(ids, self.neighbours(ids), strict=True)):
+            keep = [(s, f) for s, f in zip(scores, found, strict=True) if f >= 0 and f != i and int(f) not in skip][:k]
+            if keep:
+                nb = self.vectors(np.asarray([f for _, f in keep], np.int64))
+                out[row] += (expansion_weights(np.asarray([s for s, _ in keep]), alpha)[:, None] * nb).sum(0)
+        return l2_normalise(out)
+
+
+def _rescore(probes: np.ndarray, ranked: Ranked, vectors: np.ndarray, k: int) -> Ranked:
+    """Re-score ``ranked`` with new database vectors (best probe variant per item), best first."""
+    scores = probes @ vectors.T  # (v, n)
+    best = scores.argmax(0)
+    s = scores[best, np.arange(scores.shape[1])]
+    order = np.lexsort((ranked.ids, -s))[:k]
+    return Ranked(s[order].astype(np.float32), ranked.ids[order], best[order].astype(np.int64))
+
+
+def _append_tail(head: Ranked, tail: Ranked, k: int) -> Ranked:
+    """``head`` followed by the items of ``tail`` not in it (their plain order), up to ``k``."""
+    if len(head.ids) >= k or len(tail.ids) == 0:
+        return head
+    extra = ~np.isin(tail.ids, head.ids)
+    return Ranked(
+        np.concatenate([head.scores, tail.scores[extra]])[:k],
+        np.concatenate([head.ids, tail.ids[extra]])[:k],
+        np.concatenate([head.variant, tail.variant[extra]])[:k],
+    )
+
+
+def retrieve(
+    search: SearchFn,
+    reconstruct: Callable[[np.ndarray], np.ndarray],
+    variants: np.ndarray,
+    k: int,
+    settings: RerankSettings = RerankSettings(),
+    *,
+    exclude: Sequence[int] = (),
+    cache: NeighbourCache | None = None,
+) -> Ranked:
+    """Top-``k`` database ids for one probe: invariant search, then DBA re-scoring and alpha-QE.
+
+    1. search every probe variant and keep each item's best score (:func:`invariant_search`);
+    2. DBA: re-score the first ``shortlist`` results with their DBA vectors (computed from their
+       own neighbours on demand; ``exclude`` never counts as a neighbour, so a query that is in the
+       database does not leak into its results' vectors);
+    3. alpha-QE: add the top ``qe_k`` (DBA) vectors, weighted by ``score ** alpha``, to the probe
+       variant that matched each, search again, and re-score with DBA vectors as in 2.
+
+    ``reconstruct(ids)`` returns the stored vectors of ``ids``. Cost with DBA and QE: two searches
+    of the probe variants and one search of at most ``2 * shortlist`` stored vectors.
+    """
+    variants = l2_normalise(np.atleast_2d(np.asarray(variants, np.float32)))
+    if not settings.active:
+        return invariant_search(search, variants, k, exclude)
+    depth = max(k, settings.shortlist, settings.qe_k)
+    first = invariant_search(search, variants, depth, exclude)
+    if cache is None:
+        cache = NeighbourCache(search, reconstruct, settings.dba_k + 1 + len(exclude))
+    cache.limit()
+
+    def dba_pass(probes: np.ndarray, ranked: Ranked) -> tuple[Ranked, np.ndarray | None]:
+        if not settings.dba_k:
+            return ranked, None
+        head = Ranked(*(a[: settings.shortlist] for a in (ranked.scores, ranked.ids, ranked.variant)))
+        vectors = cache.dba_vectors(head.ids, settings.dba_k, settings.dba_alpha, exclude)
+        rescored = _rescore(probes, head, vectors, len(head.ids))
+        row = {int(i): r for r, i in enumerate(head.ids)}
+        return _append_tail(rescored, ranked, depth), vectors[[row[int(i)] for i in rescored.ids]]
+
+    ranked, head_vectors = dba_pass(variants, first)
+    if settings.qe_k and len(ranked.ids):
+        top = min(settings.qe_k, len(ranked.ids))
+        neighbours = head_vectors[:top] if head_vectors is not None else cache.vectors(ranked.ids[:top])
+        weights = expansion_weights(ranked.scores[:top], settings.qe_alpha)
+        expanded = variants.copy()
+        for x, w, v in zip(neighbours, weights, ranked.variant[:top], strict=True):
+            expanded[v] += w * x
+        expanded = l2_normalise(expanded)
+        ranked, _ = dba_pass(expanded, invariant_search(search, expanded, depth, exclude))
+    return Ranked(ranked.scores[:k], ranked.ids[:k], ranked.variant[:k])
+
+
+def dba(vectors: np.ndarray, k: int = 1, alpha: float = 3.0, *, batch: int = 4096) -> np.ndarray:
+    """Database-side augmentation: each row becomes ``x + sum_i sim_i**alpha * x_i`` over its top-``k``
+    neighbours (itself excluded), re-normalised. Exact kNN with FAISS in batches: O(n^2 d) time,
+    O(n d) memory (one more copy of the vectors)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if k <= 0 or len(vectors) < 2:
+        return vectors.copy()
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    out = np.empty_like(vectors)
+    kk = min(k + 1, len(vectors))
+    for start in range(0, len(vectors), batch):
+        part = vectors[start : start + batch]
+        scores, rows = index.search(part, kk)
+        acc = part.copy()
+        for j in range(len(part)):
+            self_row = start + j
+            taken = 0
+            for s, r in zip(scores[j], rows[j], strict=True):
+                if r < 0 or r == self_row or taken == k:
+                    continue
+                acc[j] += expansion_weights(s, alpha) * vectors[r]
+                taken += 1
+        out[start : start + batch] = acc
+    return l2_normalise(out)
+
+
+class Whitening:
+    """PCA-whitening learned on a set of unit vectors (``faiss.PCAMatrix``, ``eigen_power=-0.5``).
+
+    ``apply`` centres, projects onto the top ``dim`` components scaled by ``eigenvalue**-0.5``, and
+    re-normalises. ``shrinkage`` adds that fraction of the mean eigenvalue to every eigenvalue
+    before the power (regularises the small, noisy components when few vectors are available).
+    """
+
+    def __init__(self, matrix: faiss.PCAMatrix) -> None:
+        self.matrix = matrix
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, dim: int | None = None, eigen_power: float = -0.5) -> Whitening:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        d_in = vectors.shape[1]
+        d_out = min(dim or d_in, d_in, max(1, len(vectors) - 1))
+        matrix = faiss.PCAMatrix(d_in, d_out, eigen_power)
+        matrix.train(vectors)
+        return cls(matrix)
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.d_out)
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return l2_normalise(self.matrix.apply(np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)))

@@ -1,0 +1,131 @@
+"""Re-ranking: invariant search, DBA, alpha-QE, whitening, frame trimming; and their use by Library.query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from searcher import Library, rerank
+from searcher.edits import apply_edit
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    return rerank.l2_normalise(rng.normal(size=(n, d)).astype(np.float32))
+
+
+def test_array_variants_are_the_pil_transposes() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    kinds = list(rerank.DIHEDRAL)
+    arrays, images = rerank.array_variants(pixels, kinds), rerank.transformed(image, kinds)
+    for kind, arr, img in zip(kinds, arrays, images, strict=True):
+        assert np.array_equal(arr, np.asarray(img)), kind
+
+
+def test_invariant_search_is_the_exact_top_k_of_the_best_variant() -> None:
+    rng = np.random.default_rng(1)
+    db = _unit(rng, 300, 16)
+    ids = np.arange(1000, 1300)
+    variants = _unit(rng, 4, 16)
+    got = rerank.invariant_search(rerank.matrix_search(db, ids), variants, 10, exclude=[1005])
+    best = (variants @ db.T).max(0)
+    best[5] = -np.inf  # excluded
+    want = ids[np.argsort(-best)[:10]]
+    assert got.ids.tolist() == want.tolist()
+    assert np.allclose(got.scores, np.sort(best)[::-1][:10], atol=1e-5)
+    assert np.array_equal(got.variant, (variants @ db[got.ids - 1000].T).argmax(0))
+
+
+def test_dba_on_demand_equals_dba_of_the_whole_database() -> None:
+    rng = np.random.default_rng(2)
+    db = _unit(rng, 200, 8)
+    full = rerank.dba(db, k=2, alpha=3.0)
+    search = rerank.matrix_search(db)
+    cache = rerank.NeighbourCache(search, lambda ids: db[ids], depth=4)
+    some = np.array([3, 50, 199])
+    assert np.allclose(cache.dba_vectors(some, 2, 3.0), full[some], atol=1e-5)
+    # an excluded id (the query itself, when it is in the database) never counts as a neighbour
+    first_neighbour = int(search(db[3:4], 2)[1][0][1])
+    lazy = cache.dba_vectors(np.array([3]), 2, 3.0, exclude=[first_neighbour])[0]
+    scores, found = search(db[3:4], 4)
+    keep = [(s, f) for s, f in zip(scores[0], found[0], strict=True) if f not in (3, first_neighbour)][:2]
+    manual = db[3] + sum(max(s, 0) ** 3 * db[f] for s, f in keep)
+    assert np.allclose(lazy, manual / np.linalg.norm(manual), atol=1e-5)
+
+
+def test_query_expansion_brings_in_a_positive_that_only_resembles_another_positive() -> None:
+    # q ~ p1; p2 ~ p1 but further from q than a distractor d: plain ranks d before p2, alpha-QE the other way
+    q = np.array([1.0, 0.0, 0.0, 0.0])
+    p1 = np.array([0.9, 0.436, 0.0, 0.0])
+    p2 = np.array([0.5, 0.866, 0.0, 0.0])
+    d = np.array([0.6, 0.0, 0.8, 0.0])
+    db = rerank.l2_normalise(np.stack([p1, p2, d]))
+    search = rerank.matrix_search(db, np.array([1, 2, 3]))
+
+    def reconstruct(ids: np.ndarray) -> np.ndarray:
+        return db[ids - 1]
+
+    plain = rerank.retrieve(search, reconstruct, q, 3)
+    expanded = rerank.retrieve(search, reconstruct, q, 3, rerank.RerankSettings(qe_k=1, qe_alpha=1.0))
+    assert plain.ids.tolist() == [1, 3, 2]
+    assert expanded.ids.tolist() == [1, 2, 3]
+
+
+def test_whitening_learned_on_the_vectors_decorrelates_them() -> None:
+    rng = np.random.default_rng(3)
+    mix = rng.normal(size=(12, 12))
+    x = rerank.l2_normalise(rng.normal(size=(2000, 12)) @ mix)
+    w = rerank.Whitening.fit(x, dim=6)
+    y = w.matrix.apply(np.ascontiguousarray(x, dtype=np.float32))  # before re-normalisation
+    cov = np.cov(y.T)
+    assert w.dim == 6 and np.allclose(cov, np.eye(6) * cov[0, 0], atol=0.05 * cov[0, 0])
+    assert np.allclose(np.linalg.norm(w.apply(x), axis=1), 1.0, atol=1e-5)
+
+
+def test_trim_border_finds_frames_and_leaves_plain_photos_alone(sample_photos: Path) -> None:
+    from searcher.decode import load_for_model
+
+    for name in ("skimage_chelsea.png", "skimage_astronaut.png", "sklearn_china.jpg"):
+        pixels, decoded = load_for_model(sample_photos / name, (224, 224))
+        assert rerank.trim_border(pixels) is None, name
+        framed = apply_edit(decoded.image, "border", np.random.default_rng(0))
+        framed_pixels = np.asarray(framed.resize((224, 224), Image.Resampling.BILINEAR))
+        inner = rerank.trim_border(framed_pixels)
+        assert inner is not None and inner.shape == pixels.shape, name
+        # the inside is close to the unframed photo (much closer than the framed one)
+        assert np.abs(inner.astype(int) - pixels).mean() < 0.5 * np.abs(framed_pixels.astype(int) - pixels).mean()
+
+
+def test_rotated_copy_is_found_by_the_default_query_but_missed_by_a_plain_one(
+    holidays_subset: dict, tmp_path: Path
+) -> None:
+    source = holidays_subset["folder"] / "100000.jpg"
+    probe = tmp_path / "rotated.jpg"
+    Image.open(source).transpose(Image.Transpose.ROTATE_90).save(probe, quality=92)
+    with Library.open(holidays_subset["library"]) as lib:
+        plain = lib.query([probe], k=5, invariant=False, augment=False)[0]
+        default = lib.query([probe], k=5)[0]
+        flips = lib.query([probe], k=5, invariant="all")[0]
+    assert Path(plain.results[0].path).name != "100000.jpg"  # a CNN vector is not rotation-invariant
+    assert Path(default.results[0].path).name == "100000.jpg"
+    assert Path(flips.results[0].path).name == "100000.jpg"
+    assert default.results[0].score > 0.9 > plain.results[0].score
+
+
+def test_indexed_probe_keeps_its_stored_vector_and_scores_stay_cosines(holidays_subset: dict) -> None:
+    probe = holidays_subset["folder"] / "100200.jpg"
+    with Library.open(holidays_subset["library"]) as lib:
+        result = lib.query([probe], k=5)[0]  # default: DBA re-ranking, no network for an indexed probe
+        plain = lib.query([probe], k=30, augment=False)[0]
+        model = lib.find_model()
+        index = lib.vector_index(model)
+        me = next(i for i in index.ids() if lib._rows_by_id([int(i)])[int(i)].path == str(probe))
+        mine = index.reconstruct(int(me))
+        for hit in result.results:
+            assert hit.score == pytest.approx(float(mine @ index.reconstruct(hit.image_id)), abs=1e-5)
+    assert not result.embedded and not plain.embedded
+    assert Path(result.results[0].path).name == "100201.jpg"  # its group's other photo
+    assert {h.path for h in result.results} <= {h.path for h in plain.results}  # re-ranked, not replaced
