@@ -129,3 +129,24 @@ def test_indexed_probe_keeps_its_stored_vector_and_scores_stay_cosines(holidays_
     assert not result.embedded and not plain.embedded
     assert Path(result.results[0].path).name == "100201.jpg"  # its group's other photo
     assert {h.path for h in result.results} <= {h.path for h in plain.results}  # re-ranked, not replaced
+
+
+def test_cli_query_switches(holidays_subset: dict, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    probe = tmp_path / "rotated.jpg"
+    Image.open(holidays_subset["folder"] / "100000.jpg").transpose(Image.Transpose.ROTATE_270).save(probe)
+    base = [sys.executable, "-m", "searcher", "query", str(probe), "-k", "3", "--json",
+            "--library", str(holidays_subset["library"])]  # fmt: skip
+    runs = {}
+    switches = {"plain": ["--invariant", "none", "--no-dba"], "all": ["--invariant", "all", "--expand"]}
+    for name, flags in switches.items():
+        proc = subprocess.run([*base, *flags], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = json.loads(proc.stdout)[0]["results"]
+    assert Path(runs["plain"][0]["path"]).name != "100000.jpg"
+    assert Path(runs["all"][0]["path"]).name == "100000.jpg"

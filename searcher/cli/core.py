@@ -132,6 +132,19 @@ def query(
     include_self: Annotated[
         bool, typer.Option("--include-self", help="Keep the probe's own file when it is indexed.")
     ] = False,
+    invariant: Annotated[
+        str | None,
+        typer.Option(
+            help="Match rotated copies: rotations, all (rotations and flips) or none. "
+            "Default: rotations for new photos, none for indexed probes (their stored vector is reused)."
+        ),
+    ] = None,
+    dba: Annotated[
+        bool | None, typer.Option("--dba/--no-dba", help="Re-rank with database-side augmentation (default: on).")
+    ] = None,
+    expand: Annotated[
+        bool | None, typer.Option("--expand/--no-expand", help="alpha query expansion (default: off).")
+    ] = None,
     dirs: Annotated[list[Path] | None, typer.Option("--dir", help="Folder of probe images (repeatable).")] = None,
     duplicates_only: Annotated[
         bool,
@@ -157,7 +170,10 @@ def query(
         run_incoming_check(images, library, None, backbone, json_output)
         return
     with open_library(library) as lib:
-        results = lib.query(images, k=k, backbone=backbone, pooling=pooling, include_self=include_self)
+        results = lib.query(
+            images, k=k, backbone=backbone, pooling=pooling, include_self=include_self,
+            invariant={"none": False, "rotations": True}.get(invariant or "", invariant), augment=dba, expand=expand,
+        )  # fmt: skip
     if json_output:
         print_json([r.as_dict() for r in results])
     else:
