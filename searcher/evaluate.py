@@ -214,6 +214,7 @@ class RetrievalOptions:
 
     - ``invariant``: probe transforms whose best score counts (``("identity",)`` = off);
     - ``trim``: probes with a solid frame or letterbox bars are also searched without them;
+    - ``margin``: transformed probe views score this much less than the probe as it is;
     - ``qe_k``/``qe_alpha``: alpha query expansion over the top ``qe_k`` results (0 = off);
     - ``dba_k``/``dba_alpha``: database-side augmentation with ``dba_k`` neighbours (0 = off);
     - ``whiten``: PCA-whitening learned on the folder's own vectors (``whiten_dim`` components);
@@ -232,6 +233,7 @@ class RetrievalOptions:
     scales: tuple[float, ...] = (1.0,)
     shortlist: int = 100
     trim: bool = False
+    margin: float = 0.0
 
     @property
     def stored_vectors(self) -> bool:
@@ -247,6 +249,8 @@ class RetrievalOptions:
             parts.append("invariant(" + ",".join(k for k in self.invariant if k != "identity") + ")")
         if self.trim:
             parts.append("unframed")
+        if self.margin and (len(self.invariant) > 1 or self.trim):
+            parts.append(f"margin {self.margin:g}")
         if self.dba_k:
             parts.append(f"DBA(k={self.dba_k},a={self.dba_alpha:g})")
         if self.qe_k:
@@ -283,7 +287,7 @@ class Ranker:
         self.search = rerank.matrix_search(vectors, self.ids)
         self.settings = rerank.RerankSettings(
             qe_k=options.qe_k, qe_alpha=options.qe_alpha, dba_k=options.dba_k, dba_alpha=options.dba_alpha,
-            shortlist=options.shortlist,
+            shortlist=options.shortlist, margin=options.margin,
         )  # fmt: skip
         self.cache = rerank.NeighbourCache(self.search, self.reconstruct, options.dba_k + 2)
 

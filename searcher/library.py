@@ -736,7 +736,7 @@ class Library:
         stored vector; ``True``/``"rotations"``, ``"all"`` (rotations and flips) or ``False``
         force a choice. ``augment``: database-side augmentation (DBA) of the
         shortlist; ``expand``: alpha query expansion. ``Hit.score`` stays the plain cosine
-        similarity (best over the probe's rotations); re-ranking only changes the order.
+        similarity (of the probe's view that matched); re-ranking only changes the order.
         """
         from searcher import rerank
 
@@ -817,8 +817,8 @@ class Library:
         """The ``k`` indexed images nearest to each probe, given as a (variants, dim) array of unit
         vectors (rotated views of one image), with re-ranking (:func:`searcher.rerank.retrieve`;
         ``settings`` defaults to :func:`searcher.rerank.settings`). ``exclude[i]`` is an image id to
-        leave out of probe ``i``'s results. ``Hit.score`` is the plain cosine similarity (best
-        variant); the order is the re-ranked one. No network is loaded."""
+        leave out of probe ``i``'s results. ``Hit.score`` is the plain cosine similarity (of the
+        view that ranked the hit); the order is the re-ranked one. No network is loaded."""
         from searcher import rerank
 
         model = model or self.find_model()
@@ -837,7 +837,8 @@ class Library:
         rows = self._rows_by_id({int(i) for r in ranked for i in r.ids})
         out: list[list[Hit]] = []
         for variants, r in zip(probes, ranked, strict=True):
-            plain = (np.atleast_2d(variants) @ cache.vectors(r.ids).T).max(0) if len(r.ids) else r.scores
+            views = np.atleast_2d(variants)[r.variant]  # the view that ranked each hit
+            plain = np.einsum("nd,nd->n", views, cache.vectors(r.ids)) if len(r.ids) else r.scores
             hits: list[Hit] = []
             for s, i in zip(plain, r.ids, strict=True):
                 if int(i) in rows and len(hits) < k:

@@ -184,10 +184,18 @@ def merge_max(scores: np.ndarray, ids: np.ndarray, k: int, exclude: Sequence[int
     return Ranked(s[first].astype(np.float32), i[first].astype(np.int64), variant[first].astype(np.int64))
 
 
-def invariant_search(search: SearchFn, variants: np.ndarray, k: int, exclude: Sequence[int] = ()) -> Ranked:
-    """Top-``k`` database ids by the best score over the probe's ``variants`` ((v, d) unit vectors)."""
+def invariant_search(
+    search: SearchFn, variants: np.ndarray, k: int, exclude: Sequence[int] = (), margin: float = 0.0
+) -> Ranked:
+    """Top-``k`` database ids by the best score over the probe's ``variants`` ((v, d) unit vectors;
+    row 0 is the probe as it is). Every other variant's score counts ``margin`` less: most photos are
+    upright, so a rotated view only wins when it matches clearly better (still exact: a constant
+    offset per variant does not change that variant's own top-k)."""
     variants = np.atleast_2d(variants)
     scores, ids = search(variants, k + len(exclude))
+    if margin and len(scores) > 1:
+        scores = scores.copy()
+        scores[1:] -= margin
     return merge_max(scores, ids, k, exclude)
 
 
@@ -208,6 +216,7 @@ class RerankSettings:
     dba_k: int = 0
     dba_alpha: float = 3.0
     shortlist: int = 100
+    margin: float = 0.0  # handicap of the probe's transformed views (see :func:`invariant_search`)
 
     @property
     def active(self) -> bool:
@@ -226,6 +235,7 @@ class Defaults:
 
     invariant: str = "rotations"
     trim: bool = True  # invariant probes with a solid frame are also searched without it
+    margin: float = 0.05  # a rotated / unframed view must beat the upright one by this much
     augment: bool = True
     dba_k: int = 2
     dba_alpha: float = 3.0
@@ -248,6 +258,7 @@ def settings(expand: bool | None = None, augment: bool | None = None) -> RerankS
         dba_k=DEFAULTS.dba_k if augment else 0,
         dba_alpha=DEFAULTS.dba_alpha,
         shortlist=DEFAULTS.shortlist,
+        margin=DEFAULTS.margin,
     )
 
 
@@ -307,9 +318,10 @@ class NeighbourCache:
         return l2_normalise(out)
 
 
-def _rescore(probes: np.ndarray, ranked: Ranked, vectors: np.ndarray, k: int) -> Ranked:
+def _rescore(probes: np.ndarray, ranked: Ranked, vectors: np.ndarray, k: int, margin: float = 0.0) -> Ranked:
     """Re-score ``ranked`` with new database vectors (best probe variant per item), best first."""
     scores = probes @ vectors.T  # (v, n)
+    scores[1:] -= margin
     best = scores.argmax(0)
     s = scores[best, np.arange(scores.shape[1])]
     order = np.lexsort((ranked.ids, -s))[:k]
@@ -352,9 +364,9 @@ def retrieve(
     """
     variants = l2_normalise(np.atleast_2d(np.asarray(variants, np.float32)))
     if not settings.active:
-        return invariant_search(search, variants, k, exclude)
+        return invariant_search(search, variants, k, exclude, settings.margin)
     depth = max(k, settings.shortlist, settings.qe_k)
-    first = invariant_search(search, variants, depth, exclude)
+    first = invariant_search(search, variants, depth, exclude, settings.margin)
     if cache is None:
         cache = NeighbourCache(search, reconstruct, settings.dba_k + 1 + len(exclude))
     cache.limit()
@@ -364,7 +376,7 @@ def retrieve(
             return ranked, None
         head = Ranked(*(a[: settings.shortlist] for a in (ranked.scores, ranked.ids, ranked.variant)))
         vectors = cache.dba_vectors(head.ids, settings.dba_k, settings.dba_alpha, exclude)
-        rescored = _rescore(probes, head, vectors, len(head.ids))
+        rescored = _rescore(probes, head, vectors, len(head.ids), settings.margin)
         row = {int(i): r for r, i in enumerate(head.ids)}
         return _append_tail(rescored, ranked, depth), vectors[[row[int(i)] for i in rescored.ids]]
 
@@ -377,7 +389,7 @@ def retrieve(
         for x, w, v in zip(neighbours, weights, ranked.variant[:top], strict=True):
             expanded[v] += w * x
         expanded = l2_normalise(expanded)
-        ranked, _ = dba_pass(expanded, invariant_search(search, expanded, depth, exclude))
+        ranked, _ = dba_pass(expanded, invariant_search(search, expanded, depth, exclude, settings.margin))
     return Ranked(ranked.scores[:k], ranked.ids[:k], ranked.variant[:k])
 
 

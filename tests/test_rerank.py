@@ -150,3 +150,14 @@ def test_cli_query_switches(holidays_subset: dict, tmp_path: Path) -> None:
         runs[name] = json.loads(proc.stdout)[0]["results"]
     assert Path(runs["plain"][0]["path"]).name != "100000.jpg"
     assert Path(runs["all"][0]["path"]).name == "100000.jpg"
+
+
+def test_margin_keeps_the_upright_view_unless_a_rotated_one_is_clearly_better() -> None:
+    db = rerank.l2_normalise(np.eye(3, dtype=np.float32))
+    search = rerank.matrix_search(db, np.array([10, 11, 12]))
+    upright = rerank.l2_normalise(np.array([0.80, 0.6, 0.0]))  # item 10 at 0.80
+    slightly = rerank.l2_normalise(np.array([0.0, 0.6, 0.81]))  # rotated view: item 12 at 0.80 (a bit more)
+    clearly = rerank.l2_normalise(np.array([0.0, 0.3, 0.95]))  # rotated view: item 12 at 0.95
+    assert rerank.invariant_search(search, np.stack([upright, slightly]), 1).ids[0] == 12
+    assert rerank.invariant_search(search, np.stack([upright, slightly]), 1, margin=0.05).ids[0] == 10
+    assert rerank.invariant_search(search, np.stack([upright, clearly]), 1, margin=0.05).ids[0] == 12

@@ -128,6 +128,7 @@ def eval_command(
         scales=_floats(scales, "--scales") or (1.0,),
         shortlist=d.shortlist,
         trim=trim if trim is not None else (d.trim and not plain),
+        margin=d.margin,
     )
     if mode not in ("squash", "aspect"):
         raise typer.BadParameter("--mode must be squash or aspect")
