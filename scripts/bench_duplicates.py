@@ -1,13 +1,22 @@
 """Time the candidate + grouping stage of `searcher duplicates` on 100,000 realistic vectors.
 
-    python scripts/bench_duplicates.py [--n 100000] [--vectors bench-out/real_vectors.npy] [--out bench-out/...json]
+    python scripts/bench_duplicates.py [--n 100000] [--sizes 25000,50000] [--vectors bench-out/shared_vectors.npy]
 
-Realistic vectors: real EfficientNet-Lite0 embeddings of the ../shared photos (taken from
-``--vectors``, written by ``scripts/dup_benchmark.py``, or embedded here), each repeated with
-noise so that a repeat sits at cosine ~0.8 from its origin (like other photos of a kind), plus
-1 % planted near-duplicates (cosine ~0.98). Pixel verification is not part of this timing
-(it runs only on candidate pairs above the cosine floor; its per-pair cost is measured by
-dup_benchmark.py). Writes JSON with the timings at several sizes and an estimate for 1M.
+Realistic vectors: real EfficientNet-Lite0 embeddings of the ../shared photos (``--vectors``,
+written by ``scripts/dup_benchmark.py --scan-datasets``; embedded here when missing). Each
+synthetic vector mixes two real ones (weight 0.55-1 on the first) plus Gaussian noise, so it
+stays in the non-negative cone that real pooled CNN features live in (random unrelated photos
+are at cosine 0.3-0.6, not 0); 1 % of them are planted near-duplicates of another synthetic
+vector (cosine about 0.97). The nearest-neighbour cosine distribution of the synthetic set is
+printed next to the real one's.
+
+Measured: candidate generation (:func:`searcher.duplicates.candidate_pairs`: exact below
+``IVF_MIN`` vectors, PCA + inverted lists with exact re-scoring above), the candidate recall of
+the planted duplicates and of exact neighbours above the floor (on a sample of queries),
+grouping (:func:`searcher.duplicates.group_units` over the candidate edges, as the ``similar``
+tier runs it), peak memory, and how many pairs the verifier would get (cosine >= the candidate
+floor): pixel verification itself is timed per pair by dup_benchmark.py, and that number times
+the per-pair cost is the real cost of a first ``duplicates`` run on a library this big.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -24,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from searcher.duplicates import DEFAULT_CANDIDATE_COSINE, DEFAULT_SIMILAR_COSINE, candidate_pairs, group_units  # noqa: E402
+from searcher import duplicates as dup  # noqa: E402
 
 
 def shared_dir() -> Path:
@@ -33,13 +43,15 @@ def shared_dir() -> Path:
 
 def real_vectors(path: Path | None) -> np.ndarray:
     if path is not None and path.exists():
-        return np.load(path)
+        return np.load(path).astype(np.float32)
     from searcher.decode import load_for_model
     from searcher.embed import cached_embedder
 
     emb = cached_embedder("efficientnet_lite0")
-    files = sorted((shared_dir() / "datasets" / "holidays-dev" / "images").glob("*.jpg"))
-    files += sorted((shared_dir() / "datasets" / "flowers17" / "images").glob("*.jpg"))[::4]
+    data = shared_dir() / "datasets"
+    files = sorted((data / "holidays-dev" / "images").glob("*.jpg")) + sorted(
+        (data / "flowers17" / "images").glob("*.jpg")
+    )
     out = []
     for start in range(0, len(files), 32):
         batch = np.stack([load_for_model(f, emb.input_size)[0] for f in files[start : start + 32]])
@@ -51,78 +63,142 @@ def real_vectors(path: Path | None) -> np.ndarray:
     return vecs
 
 
-def synthetic(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+def synthetic(base: np.ndarray, n: int, seed: int = 0, noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` vectors near the real ones (see the module docstring) and the planted pairs ``(m, 2)``."""
     rng = np.random.default_rng(seed)
     dim = base.shape[1]
-    origin = base[rng.integers(0, len(base), n)]
-    sigma = np.full((n, 1), 0.75 / np.sqrt(dim), np.float32)  # cosine ~0.8 to the origin
-    dup = rng.random(n) < 0.01
-    sigma[dup] = 0.2 / np.sqrt(dim)  # planted near-duplicates, cosine ~0.98
-    vecs = origin + rng.normal(size=(n, dim)).astype(np.float32) * sigma
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return vecs.astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    scale = float(np.mean(np.linalg.norm(base - base.mean(0), axis=1)))
+    for start in range(0, n, 20000):
+        m = min(20000, n - start)
+        a = base[rng.integers(0, len(base), m)]
+        b = base[rng.integers(0, len(base), m)]
+        w = rng.uniform(0.55, 1.0, (m, 1)).astype(np.float32)
+        x = w * a + (1 - w) * b + rng.normal(0, noise * scale / np.sqrt(dim), (m, dim)).astype(np.float32)
+        out[start : start + m] = x
+    dup_of = rng.choice(n, size=n // 100, replace=False)
+    src = rng.integers(0, n, len(dup_of))
+    src = np.where(src == dup_of, (src + 1) % n, src)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    out[dup_of] = out[src] + rng.normal(0, 0.25 / np.sqrt(dim), (len(dup_of), dim)).astype(np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out, np.stack([src, dup_of], axis=1)
 
 
-def time_stage(vectors: np.ndarray, k: int = 10) -> dict:
-    t0 = time.perf_counter()
-    i, j, s = candidate_pairs(vectors, k=k, min_cosine=min(DEFAULT_CANDIDATE_COSINE, DEFAULT_SIMILAR_COSINE))
-    t1 = time.perf_counter()
-    nbrs: dict[int, set[int]] = {}
-    score = {}
-    for a, b, c in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
-        nbrs.setdefault(a, set()).add(b)
-        nbrs.setdefault(b, set()).add(a)
-        score[(a, b)] = c
-    groups = group_units(
-        len(vectors), list(range(len(vectors))), lambda a, b: score.get((min(a, b), max(a, b))), nbrs,
-        DEFAULT_SIMILAR_COSINE, lazy_limit=0,
-    )  # fmt: skip
-    t2 = time.perf_counter()
+def nn_cosines(vecs: np.ndarray, queries: int = 500, seed: int = 1) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    q = rng.choice(len(vecs), size=min(queries, len(vecs)), replace=False)
+    sims = vecs[q] @ vecs.T
+    sims[np.arange(len(q)), q] = -1
+    top = np.sort(sims, axis=1)[:, ::-1]
     return {
-        "n": len(vectors),
-        "candidate_pairs": len(i),
-        "groups": len(groups),
-        "candidates_s": round(t1 - t0, 3),
-        "grouping_s": round(t2 - t1, 3),
-        "total_s": round(t2 - t0, 3),
-        "peak_pairs_memory_mb": round(len(vectors) * (k + 1) * 16 / 1e6, 1),
+        "nn1_median": round(float(np.median(top[:, 0])), 3),
+        "nn10_median": round(float(np.median(top[:, min(9, top.shape[1] - 1)])), 3),
+        "random_pair_median": round(float(np.median(sims[:, : min(2000, sims.shape[1])])), 3),
     }
 
 
-def run(n: int = 100_000, vectors_path: Path | None = None, sizes: tuple[int, ...] = ()) -> dict:
+def candidate_recall(vecs: np.ndarray, i: np.ndarray, j: np.ndarray, k: int, floor: float, queries: int = 400):
+    """Of the exact k nearest neighbours (cosine >= floor) of some rows, how many are candidates."""
+    rng = np.random.default_rng(2)
+    q = rng.choice(len(vecs), size=min(queries, len(vecs)), replace=False)
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    sims = vecs[q] @ vecs.T
+    sims[np.arange(len(q)), q] = -2
+    top = np.argsort(-sims, axis=1)[:, :k]
+    want = hit = 0
+    for row, qi in enumerate(q.tolist()):
+        for c in top[row].tolist():
+            if sims[row, c] >= floor:
+                want += 1
+                hit += (min(qi, c), max(qi, c)) in found
+    return round(hit / max(1, want), 4)
+
+
+def time_stage(vectors: np.ndarray, planted: np.ndarray, k: int = dup.DEFAULT_K) -> dict:
+    floor = min(dup.DEFAULT_CANDIDATE_COSINE, dup.DEFAULT_SIMILAR_COSINE)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    i, j, s = dup.candidate_pairs(vectors, k=k, min_cosine=floor)
+    t1 = time.perf_counter()
+    # the bookkeeping find_duplicates does with candidate pairs, then the representative grouping
+    cos = {(a, b): c for a, b, c in zip(i.tolist(), j.tolist(), s.tolist(), strict=True)}
+    nbrs: dict[int, set[int]] = {}
+    for a, b in cos:
+        nbrs.setdefault(a, set()).add(b)
+        nbrs.setdefault(b, set()).add(a)
+    groups = dup.group_units(
+        len(vectors), list(range(len(vectors))), lambda a, b: cos.get((min(a, b), max(a, b))), nbrs,
+        dup.DEFAULT_SIMILAR_COSINE, lazy_limit=0,
+    )  # fmt: skip
+    t2 = time.perf_counter()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    planted_hit = np.mean([(min(a, b), max(a, b)) in found for a, b in planted.tolist()])
+    return {
+        "n": len(vectors),
+        "index": "exact (flat)" if len(vectors) < dup.IVF_MIN else f"PCA-{dup.REDUCED_DIM} + IVF, exact re-score",
+        "candidate_pairs": len(i),
+        "pairs_to_verify": int((s >= dup.DEFAULT_CANDIDATE_COSINE).sum()),
+        "groups": len(groups),
+        "candidates_s": round(t1 - t0, 2),
+        "grouping_s": round(t2 - t1, 2),
+        "total_s": round(t2 - t0, 2),
+        "planted_duplicate_recall": round(float(planted_hit), 4),
+        "candidate_recall_vs_exact_knn": candidate_recall(vectors, i, j, k, floor),
+        "peak_rss_mb": round(rss1 / 1024, 1),
+        "peak_rss_growth_mb": round((rss1 - rss0) / 1024, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def run(n: int = 100_000, vectors_path: Path | None = None, sizes: tuple[int, ...] = (), threads: int = 0) -> dict:
+    import faiss
+
+    if threads:
+        faiss.omp_set_num_threads(threads)
     base = real_vectors(vectors_path)
     results = []
+    real_stats = nn_cosines(base)
     for size in sorted({*sizes, n}):
-        vecs = synthetic(base, size)
-        results.append(time_stage(vecs))
+        vecs, planted = synthetic(base, size)
+        stats = nn_cosines(vecs)
+        results.append({**time_stage(vecs, planted), "synthetic_cosines": stats})
         print(json.dumps(results[-1]), flush=True)
-    # fit t = a * n^b on the sizes that use the same index kind as the largest
-    big = [r for r in results if r["n"] >= 50_000] or results
+    # fit t = a * n^b over the sizes that use the same index kind as the largest
+    big = [r for r in results if (r["n"] >= dup.IVF_MIN) == (n >= dup.IVF_MIN)] or results
     if len(big) >= 2:
-        b = np.polyfit(np.log([r["n"] for r in big]), np.log([r["total_s"] for r in big]), 1)[0]
+        b = float(np.polyfit(np.log([r["n"] for r in big]), np.log([r["total_s"] for r in big]), 1)[0])
     else:
         b = 1.5
     last = results[-1]
     est = last["total_s"] * (1_000_000 / last["n"]) ** b
     return {
+        "command": "python scripts/bench_duplicates.py " + " ".join(sys.argv[1:]),
         "base_real_vectors": len(base),
+        "real_cosines": real_stats,
         "runs": results,
-        "scaling_exponent": round(float(b), 3),
+        "scaling_exponent": round(b, 3),
         "estimate_1m_s": round(float(est), 1),
+        "estimate_1m_pairs_to_verify": int(last["pairs_to_verify"] * 1_000_000 / last["n"]),
         "cpu_count": os.cpu_count(),
+        "faiss_threads": threads or "default",
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--vectors", type=Path, default=REPO / "bench-out" / "real_vectors.npy")
+    ap.add_argument("--sizes", default="25000,50000", help="smaller sizes to fit the scaling exponent")
+    ap.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss's default)")
+    ap.add_argument("--vectors", type=Path, default=REPO / "bench-out" / "shared_vectors.npy")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "bench_duplicates.json")
     args = ap.parse_args()
-    result = run(args.n, args.vectors, sizes=(50_000, 75_000))
+    sizes = tuple(int(x) for x in args.sizes.split(",") if x)
+    result = run(args.n, args.vectors, sizes=sizes, threads=args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 * :class:`PairScoreRow`: the verified score of a pair (pixel verification is the
   slow part of ``duplicates``), so re-runs only verify new pairs. Keyed by the two
   content hashes and the verifier version; a new verifier ignores old scores.
+* :class:`RotatedVectorRow`: the vectors of a picture turned by 90 and 180 degrees
+  (``duplicates --rotations``), by content hash and model, so they are embedded once.
 
 Both tables use :data:`searcher.store.Base`, so ``init_schema`` creates them.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Float, String, Text, select, tuple_
+from sqlalchemy import DateTime, Float, Integer, LargeBinary, String, Text, select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -47,9 +49,20 @@ class PairScoreRow(Base):
     score: Mapped[float] = mapped_column(Float)
 
 
+class RotatedVectorRow(Base):
+    """The vector of a content turned by ``turns`` quarter turns (counter-clockwise) under one model."""
+
+    __tablename__ = "rotated_vectors"
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    turns: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 def ensure_tables(engine: Engine) -> None:
     """Create this module's tables in an existing library (a no-op when they are there)."""
-    Base.metadata.create_all(engine, tables=[NotDuplicateRow.__table__, PairScoreRow.__table__])
+    tables = [NotDuplicateRow.__table__, PairScoreRow.__table__, RotatedVectorRow.__table__]
+    Base.metadata.create_all(engine, tables=tables)
 
 
 def add_not_duplicate(session: Session, hash_a: str, hash_b: str, note: str | None = None) -> bool:
@@ -91,3 +104,27 @@ def cached_scores(session: Session, pairs: Iterable[tuple[str, str]], version: s
 def store_scores(session: Session, scores: dict[tuple[str, str], float], version: str) -> None:
     for (a, b), score in scores.items():
         session.merge(PairScoreRow(hash_a=a, hash_b=b, version=version, score=float(score)))
+
+
+def cached_rotations(
+    session: Session, model_key: str, hashes: Iterable[str], turns: Iterable[int]
+) -> dict[tuple[str, int], bytes]:
+    """Stored rotated vectors (raw float32 bytes) of some contents: ``{(content_hash, turns): blob}``."""
+    wanted = list(hashes)
+    turn_list = list(turns)
+    out: dict[tuple[str, int], bytes] = {}
+    for start in range(0, len(wanted), 400):
+        part = wanted[start : start + 400]
+        stmt = select(RotatedVectorRow.content_hash, RotatedVectorRow.turns, RotatedVectorRow.vector).where(
+            RotatedVectorRow.model_key == model_key,
+            RotatedVectorRow.content_hash.in_(part),
+            RotatedVectorRow.turns.in_(turn_list),
+        )
+        for digest, t, blob in session.execute(stmt):
+            out[(digest, int(t))] = blob
+    return out
+
+
+def store_rotations(session: Session, model_key: str, vectors: dict[tuple[str, int], bytes]) -> None:
+    for (digest, t), blob in vectors.items():
+        session.merge(RotatedVectorRow(content_hash=digest, model_key=model_key, turns=t, vector=blob))

@@ -20,12 +20,24 @@ Tiers, strongest first:
   scene, bursts). Suggestions only: every member is kept, nothing acts on them.
 
 How: every distinct content is one *unit* with one vector. Candidate pairs are the
-k nearest neighbours of every unit (FAISS, in batches: no all-pairs matrix; an
-inverted-file index above :data:`IVF_MIN` vectors) with cosine above a floor. Pairs
-are verified (cached by content hash in ``pair_scores``) and grouped around a
-representative, the copy the keep rules would keep: a unit joins a group only if it
-matches the representative itself, so A~B~C never pulls a far C in with A. A
-group's ``spread`` is 1 minus the lowest member score (0 = all identical).
+k nearest neighbours of every unit (FAISS, in batches: no all-pairs matrix; PCA plus
+an inverted-file index, re-scored exactly, above :data:`IVF_MIN` vectors) with cosine
+above a floor. A CNN sees a picture turned by 90 or 180 degrees as another picture
+(cosine often below the floor), so with ``rotations=True`` every unit is also embedded
+turned by 90 and 180 degrees (cached in ``rotated_vectors``) and the nearest units of
+those turned vectors are candidates too. Pairs are verified (cached by content hash in
+``pair_scores``) and grouped around representatives: units are ranked by how many
+others they match (an original matches each of its edited copies; two copies, each
+edited its own way, match each other less often), then by the keep rules; a unit that
+matches no better-ranked representative is one, and every other unit joins the
+representative it scores best against, so a member always matches its own
+representative and A~B~C never pulls a far C in with A. Which file of a group is
+kept is decided by the keep rules alone. A group's ``spread`` is
+1 minus the lowest member score (0 = all identical).
+
+Known limitation of the keep rules: they look at resolution, size and age, not at
+content, so of two copies at one resolution the larger file is kept even when it is
+the one with a caption or watermark drawn on it (use ``--prefer`` / ``--reference``).
 """
 
 from __future__ import annotations
@@ -211,73 +223,191 @@ class DuplicateReport:
 
 
 REDUCED_DIM = 128  # candidate search on large libraries runs on PCA-reduced vectors, then re-scores exactly
+ROTATION_TURNS = (1, 2)  # quarter turns probed: 90 and 180 degrees (90 from the other side covers 270)
+ROTATION_K = 5  # nearest pictures of each turned probe that become candidates
+INCOMING_TURNS = (1, 2, 3)  # query --duplicates-only: the library is not turned, so every turn of the probe
 
 
-def _search_index(vectors: np.ndarray, nprobe: int = 12) -> tuple[faiss.Index, np.ndarray]:
-    """An inner-product index over ``vectors`` and the query matrix to search it with.
+def _search_index(
+    vectors: np.ndarray, nprobe: int = 12
+) -> tuple[faiss.Index, Callable[[np.ndarray], np.ndarray] | None]:
+    """An inner-product index over ``vectors`` and how to turn query vectors into its space.
 
-    Small sets: exact search on the vectors. Large sets (>= :data:`IVF_MIN`): PCA to
-    :data:`REDUCED_DIM` dimensions (trained on a fixed sample) and an inverted-file index;
-    candidates found this way are re-scored with the full vectors by the caller.
+    Small sets: exact search on the vectors (the projection is None: queries as they are).
+    Large sets (>= :data:`IVF_MIN`): PCA to :data:`REDUCED_DIM` dimensions (trained on a
+    fixed sample), re-normalised, in an inverted-file index; candidates found this way are
+    re-scored with the full vectors by the caller.
     """
     n, dim = vectors.shape
     if n < IVF_MIN:
         index = faiss.IndexFlatIP(dim)
         index.add(vectors)
-        return index, vectors
+        return index, None
     rng = np.random.default_rng(0)
     nlist = int(2 * np.sqrt(n))
     sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))]
     red = min(REDUCED_DIM, dim)
     pca = faiss.PCAMatrix(dim, red)
     pca.train(sample)
-    reduced = pca.apply(vectors)
-    reduced /= np.linalg.norm(reduced, axis=1, keepdims=True) + 1e-12
+
+    def project(x: np.ndarray) -> np.ndarray:
+        out = pca.apply(np.ascontiguousarray(x, dtype=np.float32))
+        out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-12
+        return out
+
     quantizer = faiss.IndexFlatIP(red)
     index = faiss.IndexIVFFlat(quantizer, red, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = 0
-    index.train(pca.apply(sample) / (np.linalg.norm(pca.apply(sample), axis=1, keepdims=True) + 1e-12))
-    index.add(reduced)
+    index.train(project(sample))
+    for start in range(0, n, 65536):
+        index.add(project(vectors[start : start + 65536]))
     index.nprobe = nprobe
-    return index, reduced
+    return index, project
+
+
+def _knn_pairs(
+    index: faiss.Index,
+    project: Callable[[np.ndarray], np.ndarray] | None,
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    min_cosine: float,
+    batch: int,
+    skip_self: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query row, vector row, exact cosine) of each query's ``k`` nearest vectors with cosine >= ``min_cosine``."""
+    n = len(vectors)
+    kk = min(n, k + 1 if skip_self else k)
+    rows, cols, sims = [], [], []
+    for start in range(0, len(queries), batch):
+        part = queries[start : start + batch]
+        scores, ids = index.search(part if project is None else project(part), kk)
+        q = np.repeat(np.arange(start, start + len(ids)), kk)
+        c, s = ids.ravel(), scores.ravel()
+        ok = c >= 0
+        if skip_self:
+            ok &= c != q
+        q, c, s = q[ok], c[ok], s[ok]
+        if project is not None:  # exact cosine on the full vectors
+            s = np.einsum("ij,ij->i", queries[q], vectors[c])
+        ok = s >= min_cosine
+        rows.append(q[ok])
+        cols.append(c[ok])
+        sims.append(s[ok])
+    if not rows:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(sims).astype(np.float32)
+
+
+def _unique_pairs(i: np.ndarray, j: np.ndarray, s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unordered pairs (lo < hi), each once with its highest score, sorted by (lo, hi); self-pairs dropped."""
+    keep = i != j
+    i, j, s = i[keep], j[keep], s[keep]
+    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    key = lo * n + hi
+    order = np.lexsort((-s, key))
+    key, lo, hi, s = key[order], lo[order], hi[order], s[order]
+    first = np.ones(len(key), bool)
+    first[1:] = key[1:] != key[:-1]
+    return lo[first], hi[first], np.minimum(s[first], 1.0).astype(np.float32)
 
 
 def candidate_pairs(
-    vectors: np.ndarray, k: int = DEFAULT_K, min_cosine: float = DEFAULT_CANDIDATE_COSINE, batch: int = 1024
+    vectors: np.ndarray,
+    k: int = DEFAULT_K,
+    min_cosine: float = DEFAULT_CANDIDATE_COSINE,
+    batch: int = 1024,
+    probes: np.ndarray | None = None,
+    probe_k: int = ROTATION_K,
+    probe_cosine: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows of ``vectors`` among each other's ``k`` nearest neighbours with cosine >= ``min_cosine``.
 
     Returns ``(i, j, cosine)`` sorted by (i, j), cosines from the full vectors; memory is O(n k), never O(n^2).
+    ``probes`` (optional, ``(n, p, dim)``): more query vectors per row (the picture turned, say); their
+    ``probe_k`` nearest rows with cosine >= ``probe_cosine`` (default ``min_cosine``) are candidates of
+    that row too, under the probe's cosine. The index is built once for both.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n < 2:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
-    index, queries = _search_index(vectors)
-    approximate = queries is not vectors
-    kk = min(n, k + 1)
-    rows, cols, sims = [], [], []
-    for start in range(0, n, batch):
-        scores, ids = index.search(queries[start : start + batch], kk)
-        q = np.repeat(np.arange(start, start + len(ids)), kk)
-        c, s = ids.ravel(), scores.ravel()
-        ok = (c >= 0) & (c != q)
-        q, c, s = q[ok], c[ok], s[ok]
-        if approximate:  # exact cosine on the full vectors
-            s = np.einsum("ij,ij->i", vectors[q], vectors[c])
-        ok = s >= min_cosine
-        rows.append(q[ok])
-        cols.append(c[ok])
-        sims.append(s[ok])
-    i, j, s = np.concatenate(rows), np.concatenate(cols), np.concatenate(sims).astype(np.float32)
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    key = lo * n + hi
-    order = np.lexsort((-s, key))
-    key, lo, hi, s = key[order], lo[order], hi[order], s[order]
-    first = np.ones(len(key), bool)
-    first[1:] = key[1:] != key[:-1]
-    return lo[first], hi[first], np.minimum(s[first], 1.0)
+    index, project = _search_index(vectors)
+    i, j, s = _knn_pairs(index, project, vectors, vectors, k, min_cosine, batch, skip_self=True)
+    if probes is not None and len(probes):
+        p = probes.shape[1]
+        flat = np.ascontiguousarray(probes.reshape(n * p, -1), dtype=np.float32)
+        floor = min_cosine if probe_cosine is None else probe_cosine
+        pi, pj, ps = _knn_pairs(index, project, flat, vectors, probe_k, floor, batch, skip_self=False)
+        i, j, s = np.concatenate([i, pi // p]), np.concatenate([j, pj]), np.concatenate([s, ps])
+    return _unique_pairs(i, j, s, n)
+
+
+# --- turned probes (``--rotations``) -----------------------------------------------------------------
+
+
+def rotated_vectors(
+    lib: Library,
+    model: ModelRow,
+    units: Sequence[_Unit],
+    *,
+    turns: Sequence[int] = ROTATION_TURNS,
+    batch: int = 32,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """``(len(units), len(turns), dim)`` vectors of each unit's picture turned by ``turns`` quarter turns.
+
+    The model's input (the picture squashed to its square size) is turned, which is the same as
+    turning the picture first. Cached by content hash in ``rotated_vectors``: embedded once.
+    An undecodable picture gets zero vectors (they match nothing).
+    """
+    from searcher.decode import load_for_model
+    from searcher.library import Progress
+
+    progress = progress or Progress()
+    out = np.zeros((len(units), len(turns), model.dim), np.float32)
+    with lib.sessions() as session:
+        cached = decisions.cached_rotations(session, model.key, [u.content_hash for u in units], turns)
+    missing = []
+    for ui, u in enumerate(units):
+        for ti, t in enumerate(turns):
+            blob = cached.get((u.content_hash, t))
+            if blob is None:
+                missing.append(ui)
+                break
+            out[ui, ti] = np.frombuffer(blob, np.float32)
+    if not missing:
+        return out
+    embedder = lib.embedder_for(model)
+    size = embedder.input_size
+    progress.begin("Embedding turned pictures", len(missing))
+
+    def load(ui: int) -> np.ndarray | None:
+        try:
+            return load_for_model(units[ui].rows[0].path, size)[0]
+        except (DecodeError, OSError):
+            return None
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(missing), batch):
+            part = missing[start : start + batch]
+            arrays = list(pool.map(load, part))
+            ok = [ui for ui, a in zip(part, arrays, strict=True) if a is not None]
+            stack = [np.rot90(a, t) for a in arrays if a is not None for t in turns]
+            new: dict[tuple[str, int], bytes] = {}
+            if stack:
+                vecs = embedder.embed(np.stack(stack)).reshape(len(ok), len(turns), -1)
+                for ui, v in zip(ok, vecs, strict=True):
+                    out[ui] = v
+                    for t, vt in zip(turns, v, strict=True):
+                        new[(units[ui].content_hash, t)] = np.ascontiguousarray(vt, np.float32).tobytes()
+            with lib.sessions() as session, session.begin():
+                decisions.store_rotations(session, model.key, new)
+            progress.advance(len(part))
+    progress.end()
+    return out
 
 
 # --- the grouping algorithm (pure: no files, no database) -------------------------------------------
@@ -294,17 +424,24 @@ def group_units(
 ) -> list[tuple[int, list[tuple[int, float]]]]:
     """Representative-based grouping that never chains.
 
-    ``order`` ranks units best-first (the keep rules); ``neighbours`` are the candidate
+    ``order`` ranks units best-first as representatives; ``neighbours`` are the candidate
     edges; ``edge_score(a, b)`` gives (or computes) the score of a pair, ``None`` if it
     cannot be scored. Within each connected component of edges scoring >= ``threshold``,
-    the best unassigned unit becomes a representative and takes every unassigned unit
-    that scores >= ``threshold`` against *it* (pairs not among the candidates are scored
-    too when the component has at most ``lazy_limit`` units). Returns
+    units are taken best first; one that scores >= ``threshold`` against no representative
+    so far becomes a representative. Every other unit then joins the representative it
+    scores *best* against (not merely the first it passes), so each member matches its
+    own representative directly (pairs not among the candidates are scored too when the
+    component has at most ``lazy_limit`` units). Returns
     ``[(representative, [(member, score), ...]), ...]`` for groups of two or more.
     """
     rank = {u: r for r, u in enumerate(order)}
-    strong: dict[int, set[int]] = {}
+    adjacent: dict[int, set[int]] = {}  # candidate edges, both ways
     for a, nbrs in neighbours.items():
+        for b in nbrs:
+            adjacent.setdefault(a, set()).add(b)
+            adjacent.setdefault(b, set()).add(a)
+    strong: dict[int, set[int]] = {}
+    for a, nbrs in adjacent.items():
         for b in nbrs:
             if a < b and allowed(a, b):
                 s = edge_score(a, b)
@@ -327,22 +464,39 @@ def group_units(
                     stack.append(v)
         comp.sort(key=lambda u: rank[u])
         lazy = len(comp) <= lazy_limit
-        unassigned = list(comp)
-        while len(unassigned) > 1:
-            rep = unassigned[0]
-            members: list[tuple[int, float]] = []
-            rest: list[int] = []
-            for u in unassigned[1:]:
-                s = None
-                if allowed(rep, u) and (lazy or u in strong.get(rep, ()) or u in neighbours.get(rep, ())):
-                    s = edge_score(rep, u)
-                if s is not None and s >= threshold:
-                    members.append((u, s))
-                else:
-                    rest.append(u)
-            if members:
-                groups.append((rep, members))
-            unassigned = rest
+
+        def score(rep: int, u: int) -> float | None:
+            if not allowed(rep, u):
+                return None
+            s = edge_score(rep, u)
+            return s if s is not None and s >= threshold else None
+
+        def rivals(u: int, reps: Iterable[int], lazy: bool = lazy) -> list[int]:
+            """The representatives ``u`` may be scored against, best-ranked first."""
+            if lazy:
+                return sorted(reps, key=lambda r: rank[r])
+            near = adjacent.get(u, set())
+            return sorted((r for r in near if r in reps), key=lambda r: rank[r])
+
+        # 1. representatives, best first: a unit that passes no better-ranked representative is one
+        reps: set[int] = set()
+        rep_order: list[int] = []
+        for u in comp:
+            if all(score(r, u) is None for r in rivals(u, reps)):
+                reps.add(u)
+                rep_order.append(u)
+        # 2. every other unit joins the representative it scores best against (ties: the better-ranked),
+        # unless a pair of its group is not allowed (then the next best; failing all, it stays alone)
+        members: dict[int, list[tuple[int, float]]] = {r: [] for r in rep_order}
+        for u in comp:
+            if u in reps:
+                continue
+            passed = [(s, -rank[r], r) for r in rivals(u, reps) if (s := score(r, u)) is not None]
+            for s, _, r in sorted(passed, reverse=True):
+                if all(allowed(m, u) for m, _ in members[r]):
+                    members[r].append((u, s))
+                    break
+        groups.extend((r, members[r]) for r in rep_order if members[r])
     return groups
 
 
@@ -418,11 +572,17 @@ def find_duplicates(
     k: int = DEFAULT_K,
     similar: bool = True,
     similar_cosine: float | None = None,
+    rotations: bool = False,
     backbone: str | None = None,
     workers: int = 2,
     progress: Progress | None = None,
 ) -> DuplicateReport:
-    """Find exact, same-pixel, near-duplicate and similar groups among the library's images under ``roots``."""
+    """Find exact, same-pixel, near-duplicate and similar groups among the library's images under ``roots``.
+
+    ``rotations``: also look for copies turned by 90, 180 or 270 degrees (or flipped upside down),
+    which a CNN sees as different pictures: each picture is embedded turned by 90 and 180 degrees
+    (once: cached in the library) and those vectors' nearest pictures are verified too.
+    """
     from searcher.library import Progress
 
     progress = progress or Progress()
@@ -443,9 +603,21 @@ def find_duplicates(
     vectors = vectors[keep_idx] if len(keep_idx) else vectors[:0]
     t_load = time.monotonic()
 
+    probes = None
+    if rotations and len(units) > 1:
+        probes = rotated_vectors(lib, model, units, progress=progress)
+    t_turn = time.monotonic()
     floor = min(th.candidate_cosine, th.similar_cosine)
-    ci, cj, cs = candidate_pairs(vectors, k=k, min_cosine=floor)
-    cos: dict[tuple[int, int], float] = {(int(a), int(b)): float(s) for a, b, s in zip(ci, cj, cs, strict=True)}
+    ci, cj, cs = candidate_pairs(vectors, k=k, min_cosine=floor, probes=probes, probe_cosine=th.candidate_cosine)
+    plain = np.einsum("ij,ij->i", vectors[ci], vectors[cj]) if len(ci) else np.zeros(0, np.float32)
+    # cos: the plain CNN cosine of each candidate pair; turned: pairs only a turned probe found (with its cosine)
+    cos: dict[tuple[int, int], float] = {}
+    turned: dict[tuple[int, int], float] = {}
+    for a, b, s, p in zip(ci.tolist(), cj.tolist(), cs.tolist(), plain.tolist(), strict=True):
+        if p >= floor:
+            cos[(a, b)] = min(p, 1.0)
+        else:
+            turned[(a, b)] = s
     t_cand = time.monotonic()
 
     with lib.sessions() as session:
@@ -508,6 +680,12 @@ def find_duplicates(
             continue
         key = (min(ha, hb), max(ha, hb))
         hcos[key] = max(hcos.get(key, -1.0), s)
+    hturned: dict[tuple[int, int], float] = {}  # edges only a turned probe found (not "similar")
+    for (a, b), s in turned.items():
+        ha, hb = head_of[a], head_of[b]
+        key = (min(ha, hb), max(ha, hb))
+        if ha != hb and key not in hcos:
+            hturned[key] = max(hturned.get(key, -1.0), s)
     nbrs: dict[int, set[int]] = {}  # all candidate edges (for "similar")
     near_nbrs: dict[int, set[int]] = {}  # edges close enough to verify
     for (a, b), s in hcos.items():
@@ -516,6 +694,9 @@ def find_duplicates(
         if s >= th.candidate_cosine:
             near_nbrs.setdefault(a, set()).add(b)
             near_nbrs.setdefault(b, set()).add(a)
+    for a, b in hturned:
+        near_nbrs.setdefault(a, set()).add(b)
+        near_nbrs.setdefault(b, set()).add(a)
 
     def head_allowed(a: int, b: int) -> bool:
         return all(allowed(x, y) for x in pixel_sets[a] for y in pixel_sets[b])
@@ -524,7 +705,7 @@ def find_duplicates(
     cache = FeatureCache()
     scores: dict[tuple[int, int], float | None] = {}
     verified_new: dict[tuple[str, str], float] = {}
-    to_verify = sorted(key for key, s in hcos.items() if s >= th.candidate_cosine)
+    to_verify = sorted([key for key, s in hcos.items() if s >= th.candidate_cosine] + list(hturned))
     with lib.sessions() as session:
         stored = decisions.cached_scores(
             session,
@@ -574,8 +755,23 @@ def find_duplicates(
         progress.end()
     t_verify = time.monotonic()
 
+    # Representatives (the pictures members are compared with): the one most others match first. Of
+    # an original and its edited copies, the original matches every copy, whereas two copies (each
+    # edited its own way) match each other less often; a copy as representative (say, a noisy one
+    # with the same resolution and a bigger file) would leave its crops and borders out. Ties: the
+    # keep rules. Which file is *kept* is still decided by the keep rules alone (_build_group).
+    matched: dict[int, int] = {}
+    matched_sum: dict[int, float] = {}
+    for a, b in to_verify:
+        v = score_of(a, b)
+        if v is not None and v >= th.verified and head_allowed(a, b):
+            for u in (a, b):
+                matched[u] = matched.get(u, 0) + 1
+                matched_sum[u] = matched_sum.get(u, 0.0) + v
+    rank = {h: i for i, h in enumerate(order)}
+    hub_order = sorted(heads, key=lambda h: (-matched.get(h, 0), -matched_sum.get(h, 0.0), rank[h]))
     near = group_units(
-        len(units), order, score_of, near_nbrs, th.verified, allowed=head_allowed, lazy_limit=MAX_LAZY_COMPONENT
+        len(units), hub_order, score_of, near_nbrs, th.verified, allowed=head_allowed, lazy_limit=MAX_LAZY_COMPONENT
     )
     if verified_new:
         with lib.sessions() as session, session.begin():
@@ -624,10 +820,12 @@ def find_duplicates(
         "units": len(units),
         "files": sum(len(u.rows) for u in units),
         "candidate_pairs": len(cos),
+        "turned_candidate_pairs": len(hturned),
         "verified_pairs": len(verified_new),
         "verified_from_cache": len(stored),
         "seconds": {
-            "load": round(t_load - t0, 3), "candidates": round(t_cand - t_load, 3),
+            "load": round(t_load - t0, 3), "turned_embedding": round(t_turn - t_load, 3),
+            "candidates": round(t_cand - t_turn, 3),
             "verify": round(t_verify - t_cand, 3), "group": round(t_end - t_verify, 3),
             "total": round(t_end - t0, 3),
         },
@@ -707,10 +905,15 @@ def check_incoming(
     *,
     threshold: float | None = None,
     k: int = 5,
+    rotations: bool = True,
     backbone: str | None = None,
 ) -> IncomingReport:
     """Which of the files under ``paths`` (files or folders) already exist in the library, as exact,
-    same-pixel or verified near-duplicate copies. The library is not changed."""
+    same-pixel or verified near-duplicate copies. The library is not changed.
+
+    ``threshold`` overrides the model's verified-score threshold. ``rotations``: each probe is also
+    searched turned by 90, 180 and 270 degrees (3 more embeddings per probe), so turned copies are found.
+    """
     from searcher.decode import load_for_model
 
     model = lib.find_model(backbone)
@@ -745,11 +948,16 @@ def check_incoming(
         except DecodeError as exc:
             errors.append((path, str(exc)))
             continue
-        vec = embedder.embed(pixels[None])
-        scores, ids = index.search(vec, k)
-        cand = [
-            (int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and s >= th.candidate_cosine
-        ]
+        # the probe as it is and turned by 90, 180 and 270 degrees (turned copies look unrelated to a CNN)
+        turns = INCOMING_TURNS if rotations else ()
+        vecs = embedder.embed(np.stack([pixels, *(np.rot90(pixels, t) for t in turns)]))
+        scores, ids = index.search(vecs, k)
+        closest: dict[int, float] = {}
+        for row_ids, row_scores in zip(ids, scores, strict=True):
+            for i, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True):
+                if i >= 0 and s >= th.candidate_cosine:
+                    closest[i] = max(closest.get(i, -1.0), s)
+        cand = sorted(closest.items(), key=lambda item: (-item[1], item[0]))
         rows = lib._rows_by_id([i for i, _ in cand])
         best: IncomingMatch | None = None
         mine_pixels: str | None = None

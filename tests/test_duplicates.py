@@ -33,11 +33,27 @@ def test_grouping_does_not_chain() -> None:
     assert groups == [(2, [(1, 0.99)])]
 
 
+def test_grouping_joins_the_best_representative() -> None:
+    # 0 and 2 are representatives (they do not match each other); 1 passes both, 2 better: it joins 2
+    scores = {(0, 1): 0.96, (1, 2): 0.99, (0, 2): 0.2, (0, 3): 0.97, (2, 3): 0.95}
+    nbrs = {0: {1, 2, 3}, 1: {0, 2}, 2: {0, 1, 3}, 3: {0, 2}}
+    fn = lambda a, b: scores.get((min(a, b), max(a, b)))  # noqa: E731
+    for lazy in (0, 64):
+        groups = group_units(4, [0, 2, 1, 3], fn, nbrs, 0.9, lazy_limit=lazy)
+        assert groups == [(0, [(3, 0.97)]), (2, [(1, 0.99)])], lazy
+    # a member is never scored against a representative it is no candidate of (large components)
+    groups = group_units(4, [0, 2, 1, 3], fn, {0: {1, 3}, 2: {0}}, 0.9, lazy_limit=0)
+    assert groups == [(0, [(1, 0.96), (3, 0.97)])]
+
+
 def test_grouping_respects_refusals_and_is_deterministic() -> None:
     scores = {(0, 1): 0.99, (0, 2): 0.98, (1, 2): 0.97}
     nbrs = {0: {1, 2}, 1: {0, 2}, 2: {0, 1}}
     fn = lambda a, b: scores[(min(a, b), max(a, b))]  # noqa: E731
     groups = group_units(3, [0, 1, 2], fn, nbrs, 0.9, allowed=lambda a, b: {a, b} != {0, 2})
+    assert groups == [(0, [(1, 0.99)])]
+    # refused pairs are kept apart among members too, not only against the representative
+    groups = group_units(3, [0, 1, 2], fn, nbrs, 0.9, allowed=lambda a, b: {a, b} != {1, 2})
     assert groups == [(0, [(1, 0.99)])]
     assert group_units(3, [0, 1, 2], fn, nbrs, 0.9) == group_units(3, [0, 1, 2], fn, nbrs, 0.9)
 
@@ -56,6 +72,21 @@ def test_candidate_pairs_exact_and_ivf(monkeypatch) -> None:
     i2, j2, _ = candidate_pairs(base, k=3, min_cosine=0.9)
     found = set(zip(i2.tolist(), j2.tolist(), strict=True))
     assert len(planted & found) / len(planted) > 0.95
+
+
+def test_turned_probes_add_candidates() -> None:
+    rng = np.random.default_rng(1)
+    vecs = np.abs(rng.normal(size=(50, 32))).astype(np.float32)
+    vecs -= vecs.mean(axis=0)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    probes = np.abs(rng.normal(size=(50, 2, 32))).astype(np.float32)
+    probes /= np.linalg.norm(probes, axis=2, keepdims=True)
+    probes[7, 1] = vecs[30]  # row 7 turned looks like row 30
+    i, j, _ = candidate_pairs(vecs, k=3, min_cosine=0.9)
+    assert (7, 30) not in set(zip(i.tolist(), j.tolist(), strict=True))
+    i, j, s = candidate_pairs(vecs, k=3, min_cosine=0.9, probes=probes, probe_k=2)
+    found = dict(zip(zip(i.tolist(), j.tolist(), strict=True), s.tolist(), strict=True))
+    assert found[(7, 30)] == pytest.approx(1.0)
 
 
 def test_keep_rules_order(tmp_path) -> None:
@@ -129,6 +160,21 @@ def test_tiers_are_labelled(dup_library) -> None:
     assert cached.stats["verified_pairs"] == 0  # scores come from the cache on re-runs
 
 
+def test_turned_copies_with_rotations(dup_library) -> None:
+    lib_dir, photos = dup_library
+    with Library.open(lib_dir) as lib:
+        report = find_duplicates(lib, similar=False, rotations=True)
+        with lib.sessions() as session:
+            cached = session.query(dup.decisions.RotatedVectorRow).count()
+        again = find_duplicates(lib, similar=False, rotations=True)
+    near = _tier_of(report, photos / "126400.jpg")["near"]
+    assert str(photos / "edit_rot90.jpg") in {m.path for m in near.members}
+    assert report.stats["turned_candidate_pairs"] >= 1
+    assert cached == 2 * report.stats["units"]  # 90 and 180 degrees, once per content
+    assert again.stats["seconds"]["turned_embedding"] < report.stats["seconds"]["turned_embedding"]
+    assert [g.as_dict() for g in again.groups] == [g.as_dict() for g in report.groups]
+
+
 def test_not_duplicate_is_remembered(dup_library) -> None:
     lib_dir, photos = dup_library
     a, b = photos / "126400.jpg", photos / "edit_hflip.jpg"
@@ -136,9 +182,8 @@ def test_not_duplicate_is_remembered(dup_library) -> None:
     assert res.exit_code == 0, res.output
     with Library.open(lib_dir) as lib:
         report = find_duplicates(lib, similar=False)
-    for g in report.groups:
-        paths = {m.path for m in g.members}
-        assert not ({str(a), str(b)} <= paths and g.members[0].path in (str(a), str(b)))
+    for g in report.groups:  # never in one group, whichever file is kept or is the representative
+        assert not {str(a), str(b)} <= {m.path for m in g.members}, g.as_dict()
     res = runner.invoke(app, ["duplicates", "--not-duplicate", str(a), str(b), "-L", str(lib_dir), "--json"])
     assert json.loads(res.stdout)["added"] is False
 
@@ -181,6 +226,17 @@ def test_query_duplicates_only_exit_codes(dup_library, tmp_path, make_photo) -> 
     found = {d["path"].rsplit("/", 1)[1]: d for d in json.loads(res.stdout)["duplicates"]}
     assert set(found) == {"a.jpg", "b.jpg"}
     assert found["a.jpg"]["tier"] == "exact" and found["b.jpg"]["tier"] == "near"
+    # a copy turned sideways is found too (the probe is searched turned)
+    apply_edit(src, "rot270", np.random.default_rng(0)).save(incoming / "d.jpg", quality=90)
+    res = runner.invoke(app, ["query", "--dir", str(incoming), "--duplicates-only", "-L", str(lib_dir), "--json"])
+    found = {d["path"].rsplit("/", 1)[1]: d for d in json.loads(res.stdout)["duplicates"]}
+    assert found["d.jpg"]["tier"] == "near" and str(photos / "126400.jpg") in found["d.jpg"]["matches"]
+    # --threshold is honoured: above every possible score only the exact copy is left
+    res = runner.invoke(
+        app, ["query", "--dir", str(incoming), "--duplicates-only", "--threshold", "1.01", "-L", str(lib_dir), "--json"]
+    )
+    assert res.exit_code == 3, res.output
+    assert [d["path"].rsplit("/", 1)[1] for d in json.loads(res.stdout)["duplicates"]] == ["a.jpg"]
 
 
 def test_imagededup_photos(shared, tmp_path) -> None:
@@ -201,3 +257,42 @@ def test_imagededup_photos(shared, tmp_path) -> None:
         assert sum(group_of[p] == group_of[base] for p in present) >= len(present) - 2, (expected, present)
     bases = [str(data / "base_images" / n) for n in truth["distinct_base_images"]]
     assert len({group_of.get(b, -i - 1) for i, b in enumerate(bases)}) == len(bases)
+
+
+# --- calibration -------------------------------------------------------------------------------------
+
+
+def test_same_picture(shared, tmp_path) -> None:
+    from searcher.calibrate import same_picture
+
+    hol = shared / "datasets" / "holidays-dev" / "images"
+    img = Image.open(hol / "100200.jpg").convert("RGB")
+    img.save(tmp_path / "resaved.jpg", quality=75)
+    img.resize((img.width // 2, img.height // 2)).save(tmp_path / "half.png")
+    apply_edit(img, "center_crop", np.random.default_rng(0)).save(tmp_path / "crop.png")
+    assert same_picture(str(hol / "100200.jpg"), str(tmp_path / "resaved.jpg"))
+    assert same_picture(str(hol / "100200.jpg"), str(tmp_path / "half.png"))
+    assert not same_picture(str(hol / "100200.jpg"), str(tmp_path / "crop.png"))
+    assert not same_picture(str(hol / "100200.jpg"), str(hol / "100201.jpg"))  # another shot
+
+
+def test_calibration_does_not_count_real_duplicates_as_negatives(shared, tmp_path) -> None:
+    """A library that already holds a re-saved copy: that pair is no negative (it scores ~1 and, with
+    its edited copies, used to push the threshold above 1)."""
+    from searcher.calibrate import calibrate
+
+    hol = shared / "datasets" / "holidays-dev" / "images"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("100000", "100001", "100200", "100201", "126400"):
+        shutil.copy(hol / f"{name}.jpg", photos / f"{name}.jpg")
+    Image.open(hol / "100200.jpg").convert("RGB").save(photos / "resaved_100200.jpg", quality=80)
+    with Library.open(tmp_path / "lib") as lib:
+        lib.index([photos])
+        report = calibrate(lib, sample=6, kinds=("jpeg", "hflip"), neighbours=2, store_result=False)
+    found = {frozenset(p.rsplit("/", 1)[1] for p in (d["a"], d["b"])) for d in report.library_duplicates}
+    assert frozenset({"100200.jpg", "resaved_100200.jpg"}) in found
+    for neg in report.top_negatives:
+        assert {neg["a"].rsplit("/", 1)[1], neg["b"].rsplit("/", 1)[1]} != {"100200.jpg", "resaved_100200.jpg"}
+    assert report.negative_max < 0.99  # other shots of a scene, but no copy among the negatives
+    assert report.threshold <= 1.0 and report.precision >= 0.99 and report.recall == 1.0

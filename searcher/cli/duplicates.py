@@ -62,6 +62,14 @@ def duplicates(
     ] = None,
     no_similar: Annotated[bool, typer.Option("--no-similar", help="Leave out 'similar' suggestions.")] = False,
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per image considered as candidates.")] = 10,
+    rotations: Annotated[
+        bool,
+        typer.Option(
+            "--rotations",
+            help="Also find copies turned by 90/180/270 degrees or upside down (embeds every picture twice more, "
+            "once: cached).",
+        ),
+    ] = False,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Use this backbone's vectors.")] = None,
     plan: Annotated[
         Path | None, typer.Option("--plan", help="Write what `searcher apply` would do to this JSON file.")
@@ -93,7 +101,7 @@ def duplicates(
     with open_library(library) as lib:
         report = find_duplicates(
             lib, [str(p) for p in paths] if paths else None, rules=rules, threshold=threshold, k=k,
-            similar=not no_similar, similar_cosine=similar_threshold, backbone=backbone,
+            similar=not no_similar, similar_cosine=similar_threshold, rotations=rotations, backbone=backbone,
             progress=_progress(not quiet and not json_output and not csv_output),
         )  # fmt: skip
         root = lib.root
@@ -259,6 +267,17 @@ def calibrate(
     for kind, value in report.recall_by_kind.items():
         table.add_row(kind, f"{value:.2f}")
     console.print(table)
+    if report.library_duplicates:
+        console.print(
+            f"{len(report.library_duplicates)} neighbour pairs are already duplicates in this library "
+            "(not used as negatives), e.g."
+        )
+        for d in report.library_duplicates[:3]:
+            console.print(f"  {escape(d['a'])} = {escape(d['b'])} ({d['why']})")
+    if report.top_negatives:
+        console.print("highest-scoring negatives (different pictures that look most like copies):")
+        for d in report.top_negatives[:3]:
+            console.print(f"  {d['score']:.3f} {escape(d['a'])} ~ {escape(d['b'])}")
 
 
 def _export_defaults(report, path: Path, argv: list[str]) -> None:
@@ -275,7 +294,7 @@ def _export_defaults(report, path: Path, argv: list[str]) -> None:
         "similar_cosine": DEFAULT_SIMILAR_COSINE,
         "target_precision": report.target_precision,
         "measured": report.as_dict(),
-        "command": "searcher " + " ".join(argv[1:]),
+        "how": "searcher " + " ".join(argv[1:]),
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
 
