@@ -665,6 +665,10 @@ def section_search(cfg: dict[str, Any], tmp: Path, data: dict[str, Any], ctx: di
                 res = search_latency(index, queries, truth)
                 res["build_s"] = round(build, 1)
                 res["params"] = dict(index.params)
+                if kind == "ivfpq":
+                    nprobe, cands = vmod.ivf_search_params(n, int(index.params["nlist"]))
+                    res["params"].update(nprobe=res["params"].get("nprobe") or nprobe)
+                    res["params"].update(rerank_min=res["params"].get("rerank_min") or cands)
                 res["ann_bytes_per_vector_serialized"] = round(len(faiss.serialize_index(index.ann)) / n, 1)
                 if kind == "ivfpq":
                     sweep = []
