@@ -435,7 +435,8 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         self.index.add_with_ids(vectors, ids)
         if self.ann is not None:
-            self.ann.add_with_ids(vectors, ids)
+            with omp_threads(build_threads()):  # batches of ~32 while indexing: no fork/join storms
+                self.ann.add_with_ids(vectors, ids)
             if self._stale:
                 self._stale.difference_update(ids.tolist())
                 self._stale_cache = None
