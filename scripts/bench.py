@@ -287,6 +287,28 @@ def pure_inference(embedder: Any, pixels: np.ndarray, batch: int = 32) -> dict[s
     }
 
 
+def pipeline_only(embedder: Any, files: list[Path]) -> dict[str, Any]:
+    """Decode + model through searcher.pipeline alone (no SQLite, hashing or FAISS), and how long
+    the model waited for input (the first batch's decode is counted: nothing to overlap it with)."""
+    from searcher.pipeline import prefetch_batches
+
+    stats: dict[str, float] = {}
+    started = time.perf_counter()
+    n = 0
+    for batch in prefetch_batches([str(f) for f in files], str, embedder.input_size, 32, stats=stats):
+        embedder.embed(batch.pixels)
+        n += len(batch)
+    seconds = time.perf_counter() - started
+    first = stats.get("first_wait_s", 0.0)
+    return {
+        "images": n,
+        "images_per_s": round(n / seconds, 2),
+        "first_batch_wait_s": round(first, 3),
+        # after the first batch: the share of the time the model sat idle waiting for decoded input
+        "model_waiting_after_first_batch": round((stats["wait_s"] - first) / max(seconds - first, 1e-9), 3),
+    }
+
+
 def naive(embedder: Any, files: list[Path]) -> dict[str, Any]:
     """What a first attempt looks like: keras.utils.load_img + model.predict, one image at a time."""
     import keras
@@ -376,6 +398,7 @@ def section_indexing(cfg: dict[str, Any], tmp: Path, data: dict[str, Any], ctx: 
         entry["load_avg"] = load()
         entry["index"] = index_folder(folder, tmp / f"lib-{name}")
         entry["pure_inference"] = pure_inference(embedder, predecode(files, size))
+        entry["pipeline_only"] = pipeline_only(embedder, files)
         entry["naive"] = naive(embedder, files[: cfg["naive_images"]])
         entry["decode"] = decode_rates(files[: cfg["decode_images"]], size)
         entry["load_avg_after"] = load()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -145,12 +146,15 @@ def prefetch_batches(
     depth: int = 2,
     max_pixels: int | None = None,
     processes: bool = False,
+    stats: dict[str, float] | None = None,
 ) -> Iterator[Batch[T]]:
     """Stacked batches of decoded images, prepared on background threads while the caller works.
 
     Up to ``depth`` finished batches wait in a queue; ``window`` (default: two batches)
     images are being decoded ahead of them. Closing the iterator (or an exception in the
-    caller) stops the workers; a failure in them is raised here.
+    caller) stops the workers; a failure in them is raised here. ``stats``, when given, gets
+    ``wait_s``: how long the caller waited for batches (the model starving for input),
+    ``first_wait_s``: the part spent waiting for the first one, and ``batches``.
     """
     ready: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
@@ -182,9 +186,17 @@ def prefetch_batches(
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
     thread.start()
+    if stats is not None:
+        stats.setdefault("wait_s", 0.0)
+        stats.setdefault("batches", 0)
     try:
         while True:
+            waited = time.perf_counter()
             obj = ready.get()
+            if stats is not None:
+                stats.setdefault("first_wait_s", time.perf_counter() - waited)  # filling the pipeline
+                stats["wait_s"] += time.perf_counter() - waited
+                stats["batches"] += obj is not _DONE and not isinstance(obj, BaseException)
             if obj is _DONE:
                 return
             if isinstance(obj, BaseException):
