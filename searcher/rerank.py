@@ -372,7 +372,7 @@ def retrieve(
     cache.limit()
 
     def dba_pass(probes: np.ndarray, ranked: Ranked) -> tuple[Ranked, np.ndarray | None]:
-        if not settings.dba_k:
+        if not settings.dba_k or len(ranked.ids) == 0:  # nothing to re-score (e.g. an empty library)
             return ranked, None
         head = Ranked(*(a[: settings.shortlist] for a in (ranked.scores, ranked.ids, ranked.variant)))
         vectors = cache.dba_vectors(head.ids, settings.dba_k, settings.dba_alpha, exclude)
