@@ -515,6 +515,7 @@ class NearDuplicateReport:
     seed: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     misses: list[dict[str, Any]] = field(default_factory=list)  # copies whose source is not first
+    verify_top: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -526,6 +527,7 @@ class NearDuplicateReport:
             "images": self.images,
             "seed": self.seed,
             "options": self.options.as_dict(),
+            "verify_top": self.verify_top,
             "overall": self.overall,
             "per_kind": self.per_kind,
             "misses": self.misses,
@@ -555,10 +557,15 @@ def near_duplicate_benchmark(
     pooling: str | None = None,
     index: bool = True,
     progress: Progress | None = None,
+    verify_top: int = 0,
 ) -> NearDuplicateReport:
     """Edited copies (:func:`searcher.edits.make_benchmark`) of ``sources`` photos sampled from
     ``folder`` (or of the named ones) query the folder (sources + every other image as distractors; the copies are not
-    indexed): recall@1/5/10 of the source, per kind of edit and overall."""
+    indexed): recall@1/5/10 of the source, per kind of edit and overall.
+
+    ``verify_top``: re-rank the first results by the pixel verification of the duplicates module
+    (:func:`searcher.verify.verify_symmetric`, SIFT + a similarity transform + dense correlation),
+    as ``searcher duplicates`` and ``query --duplicates-only`` confirm CNN candidates."""
     import tempfile
 
     from searcher.edits import EDIT_KINDS, make_benchmark
@@ -580,7 +587,10 @@ def near_duplicate_benchmark(
             raise LibraryError(f"not indexed images of {root}: {', '.join(missing[:5])}")
         chosen = [found[s] for s in sources]
     id_of = {p: int(i) for p, i in zip(paths, ids, strict=True)}
+    path_of = {int(i): p for p, i in zip(paths, ids, strict=True)}
     tmp = tempfile.TemporaryDirectory(prefix="searcher-neardup-") if workdir is None else None
+    hits: dict[str, list[int]] = {k: [] for k in kinds}  # 0-based rank of the source, or 10 when beyond
+    misses = []
     try:
         out_dir = workdir if workdir is not None else tmp.name  # type: ignore[union-attr]
         started = time.monotonic()
@@ -590,25 +600,27 @@ def near_duplicate_benchmark(
         vectors = _database_vectors(lib, model, paths, vectors, options)
         probes = _embed_paths(lib, model, [m["copy"] for m in manifest], options)
         seconds["embed"] = time.monotonic() - started
+        started = time.monotonic()
+        ranker = Ranker(ids, vectors, options)
+        verifier = _Verifier() if verify_top else None
+        for entry, variants in zip(manifest, probes, strict=True):
+            ranked = ranker.rank(variants, k=10)
+            order = ranked.ids
+            if verifier is not None:
+                order = verifier.rerank(entry["copy"], order, path_of, verify_top)
+            where = np.flatnonzero(order == id_of[entry["source"]])
+            rank = int(where[0]) if len(where) else 10
+            hits[entry["kind"]].append(rank)
+            if rank:
+                misses.append({
+                    "source": entry["source"], "kind": entry["kind"], "rank": rank + 1 if rank < 10 else None,
+                    "top": path_of[int(order[0])],
+                    "top_score": round(float(ranked.scores[list(ranked.ids).index(order[0])]), 4),
+                })  # fmt: skip
+        seconds["rank"] = time.monotonic() - started
     finally:
         if tmp is not None:
             tmp.cleanup()
-    started = time.monotonic()
-    ranker = Ranker(ids, vectors, options)
-    hits: dict[str, list[int]] = {k: [] for k in kinds}  # 0-based rank of the source, or 10 when beyond
-    misses = []
-    for entry, variants in zip(manifest, probes, strict=True):
-        ranked = ranker.rank(variants, k=10)
-        where = np.flatnonzero(ranked.ids == id_of[entry["source"]])
-        rank = int(where[0]) if len(where) else 10
-        hits[entry["kind"]].append(rank)
-        if rank:
-            top = int(ranked.ids[0])
-            misses.append({
-                "source": entry["source"], "kind": entry["kind"], "rank": rank + 1 if rank < 10 else None,
-                "top": paths[int(np.flatnonzero(ids == top)[0])], "top_score": round(float(ranked.scores[0]), 4),
-            })  # fmt: skip
-    seconds["rank"] = time.monotonic() - started
 
     def recalls(ranks: list[int]) -> dict[str, float]:
         arr = np.asarray(ranks)
@@ -621,4 +633,26 @@ def near_duplicate_benchmark(
         folder=root, backbone=model.backbone, model_key=model.key, sources=len(chosen), copies=len(manifest),
         images=len(ids), options=options, per_kind={k: recalls(v) for k, v in hits.items()},
         overall=recalls([r for v in hits.values() for r in v]), seed=seed, seconds=seconds, misses=misses,
+        verify_top=verify_top,
     )  # fmt: skip
+
+
+class _Verifier:
+    """Re-ranks CNN candidates by the duplicates module's pixel verification score (features cached)."""
+
+    def __init__(self) -> None:
+        from searcher.verify import FeatureCache
+
+        self.cache = FeatureCache()
+
+    def rerank(self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int) -> np.ndarray:
+        from searcher.verify import verify_symmetric
+
+        fp = self.cache.get(probe)
+        head = [int(i) for i in order[:top]]
+        scores = []
+        for i in head:
+            fc = self.cache.get(path_of[i])
+            scores.append(verify_symmetric(fp, fc).score if fp is not None and fc is not None else 0.0)
+        best = sorted(range(len(head)), key=lambda j: (-scores[j], j))  # ties keep the CNN order
+        return np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)

@@ -174,3 +174,14 @@ def test_near_duplicate_benchmark_rotations_and_frames(holidays_subset: dict, tm
     assert invariant.overall["recall@1"] == 1.0, invariant.misses
     assert plain.overall["recall@1"] < 1.0  # these three are photos that a plain query misses rotated
     assert (tmp_path / "00000_100000__rot90.jpg").is_file()  # --keep-copies: the edited copies stay
+
+
+def test_near_duplicate_benchmark_with_pixel_verification(holidays_subset: dict) -> None:
+    with Library.open(holidays_subset["library"]) as lib:
+        report = near_duplicate_benchmark(
+            lib, holidays_subset["folder"], sources=["100000.jpg", "101400.jpg"], kinds=["random_crop", "rot90"],
+            options=RetrievalOptions(invariant=ROTATIONS_AND_FLIPS, trim=True, margin=0.05), verify_top=5,
+            index=False,
+        )  # fmt: skip
+    assert report.verify_top == 5 and report.as_dict()["verify_top"] == 5
+    assert report.overall["recall@1"] == 1.0, report.misses

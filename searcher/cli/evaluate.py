@@ -75,6 +75,10 @@ def eval_command(
         ),
     ] = 0,
     edits: Annotated[str | None, typer.Option(help="Edit kinds for --near-duplicates (default: all).")] = None,
+    verify: Annotated[
+        int,
+        typer.Option(help="With --near-duplicates: re-rank the first N results by pixel verification (0 = off)."),
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the sample and the edits.")] = 0,
     keep_copies: Annotated[
         Path | None, typer.Option("--keep-copies", help="Write the edited copies here (default: a temporary folder).")
@@ -141,7 +145,7 @@ def eval_command(
             kinds = [k.strip() for k in edits.split(",")] if edits else None
             report = near_duplicate_benchmark(
                 lib, folder_path, sources=near_duplicates, kinds=kinds, seed=seed, options=opts,
-                workdir=keep_copies, **common,
+                workdir=keep_copies, verify_top=verify, **common,
             )  # fmt: skip
             _print_near_duplicates(report, json_output)
             return
@@ -194,4 +198,5 @@ def _print_near_duplicates(report, json_output: bool) -> None:  # report: NearDu
     for kind, r in rows:
         table.add_row(kind, str(r["copies"]), *(f"{r[f'recall@{k}']:.3f}" for k in (1, 5, 10)))
     console.print(table)
-    console.print(f"techniques: {report.options.describe()}")
+    verified = f" + pixel verification of the top {report.verify_top}" if report.verify_top else ""
+    console.print(f"techniques: {report.options.describe()}{verified}")
