@@ -152,6 +152,10 @@ def query(
             "--duplicates-only", help="Only list probes already in the library (exact, same pixels or edited copy)."
         ),
     ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="With --duplicates-only: verified-score threshold for edited copies (default: calibrated)."),
+    ] = None,
     library: LibraryOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -167,8 +171,10 @@ def query(
     if duplicates_only:
         from searcher.cli.duplicates import run_incoming_check
 
-        run_incoming_check(images, library, None, backbone, json_output)
+        run_incoming_check(images, library, threshold, backbone, json_output)
         return
+    if threshold is not None:
+        raise typer.BadParameter("--threshold applies to --duplicates-only")
     with open_library(library) as lib:
         results = lib.query(
             images, k=k, backbone=backbone, pooling=pooling, include_self=include_self,
