@@ -53,7 +53,7 @@ def configs(full: bool) -> dict[str, Any]:
     from searcher.rerank import DEFAULTS, ROTATIONS
 
     inv = dict(invariant=ROTATIONS, trim=DEFAULTS.trim, margin=DEFAULTS.margin)
-    dba = dict(dba_k=DEFAULTS.dba_k, dba_alpha=DEFAULTS.dba_alpha)
+    dba = dict(dba_k=DEFAULTS.dba_k, dba_alpha=DEFAULTS.dba_alpha, dba_local=DEFAULTS.dba_local)
     qe = dict(qe_k=DEFAULTS.qe_k, qe_alpha=DEFAULTS.qe_alpha)
     out = {"plain": RetrievalOptions()}
     if full:
@@ -68,6 +68,8 @@ def configs(full: bool) -> dict[str, Any]:
         ms = dict(mode="aspect", scales=(0.7071, 1.0, 1.4142))
         out.update({
             "dba+qe": RetrievalOptions(**dba, **qe),
+            "dba exact (whole database)": RetrievalOptions(**{**dba, "dba_local": False}),
+            "default, dba exact": RetrievalOptions(**inv, **{**dba, "dba_local": False}),
             "rotations, no margin, no trim": RetrievalOptions(invariant=ROTATIONS),
             "rotations, margin, no trim": RetrievalOptions(invariant=ROTATIONS, margin=DEFAULTS.margin),
             "whiten256": RetrievalOptions(whiten=True, whiten_dim=256),
@@ -89,8 +91,9 @@ def dup_configs(full: bool) -> dict[str, Any]:
     if full:
         out["rotations+flips, no trim"] = RetrievalOptions(invariant=ROTATIONS_AND_FLIPS, margin=DEFAULTS.margin)
         out["default retrieval"] = RetrievalOptions(
-            invariant=ROTATIONS, trim=DEFAULTS.trim, margin=DEFAULTS.margin, dba_k=DEFAULTS.dba_k
-        )
+            invariant=ROTATIONS, trim=DEFAULTS.trim, margin=DEFAULTS.margin, dba_k=DEFAULTS.dba_k,
+            dba_local=DEFAULTS.dba_local,
+        )  # fmt: skip
     return out
 
 
@@ -173,6 +176,39 @@ def run_backbone(name: str, weights: Path | None, args: argparse.Namespace) -> d
     return result
 
 
+def run_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """Default backbone only: the near-duplicate benchmark with pixel verification of the first 10
+    CNN results (the duplicates module's check), and GeM pooling with every re-ranking technique."""
+    from searcher import Library
+    from searcher.evaluate import GroundTruth, RetrievalOptions, evaluate_folder, near_duplicate_benchmark
+    from searcher.rerank import DEFAULTS, ROTATIONS
+
+    name = "efficientnet_lite0"
+    out: dict[str, Any] = {"backbone": name}
+    with Library.open(Path(args.libraries) / name) as lib:
+        lib.index([HOLIDAYS / "images", FLOWERS / "images"], backbone=name)
+        dup = dup_configs(False)["rotations+flips"]
+        r = near_duplicate_benchmark(
+            lib, HOLIDAYS / "images", sources=args.near_dup_sources, seed=0, options=dup, backbone=name,
+            index=False, verify_top=10,
+        )  # fmt: skip
+        out["near_duplicates_verified_top10"] = r.as_dict()
+        print(f"  near-dup rotations+flips + verification R@1={r.overall['recall@1']:.4f}", flush=True)
+        lib.index([HOLIDAYS / "images", FLOWERS / "images"], backbone=name, pooling="gem")
+        full = RetrievalOptions(
+            invariant=ROTATIONS, trim=DEFAULTS.trim, margin=DEFAULTS.margin, dba_k=DEFAULTS.dba_k, qe_k=DEFAULTS.qe_k,
+            dba_local=DEFAULTS.dba_local,
+        )  # fmt: skip
+        for label, folder in (("holidays", HOLIDAYS), ("flowers", FLOWERS)):
+            gt = GroundTruth.load(folder / "groundtruth.json")
+            dba_qe = RetrievalOptions(dba_k=DEFAULTS.dba_k, qe_k=DEFAULTS.qe_k, dba_local=DEFAULTS.dba_local)
+            for cname, opts in (("gem3 dba+qe", dba_qe), ("gem3 default+qe", full)):
+                r = evaluate_folder(lib, folder / "images", gt, opts, backbone=name, pooling="gem", index=False)
+                out.setdefault(label, {})[cname] = r.as_dict()
+                print(f"  {label} {cname} mAP={r.metrics.map:.4f} P@10={r.metrics.precision[10]:.4f}", flush=True)
+    return out
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -224,8 +260,18 @@ def main() -> None:
     parser.add_argument("--near-dup-sources", type=int, default=50, help="Photos edited (default backbone).")
     parser.add_argument("--near-dup-sources-other", type=int, default=25, help="Photos edited (other backbones).")
     parser.add_argument("--variants", action="store_true", help="Also GeM, aspect, multi-scale, whitening (Lite0).")
+    parser.add_argument(
+        "--extras", action="store_true", help="Only: near-dup with pixel verification, GeM + re-ranking (Lite0)."
+    )
     args = parser.parse_args()
     from searcher.backbones.registry import get_backbone, weights_status
+
+    if args.extras:
+        extras = run_extras(args)
+        path = Path(args.out).with_name("quality_extras.json")
+        path.write_text(json.dumps({**extras, "load_average_at_end": load_average()}, indent=1))
+        print(f"JSON: {path}")
+        return
 
     chosen = args.backbone or list(BACKBONES)
     results, skipped = [], {}

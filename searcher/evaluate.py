@@ -217,6 +217,7 @@ class RetrievalOptions:
     - ``margin``: transformed probe views score this much less than the probe as it is;
     - ``qe_k``/``qe_alpha``: alpha query expansion over the top ``qe_k`` results (0 = off);
     - ``dba_k``/``dba_alpha``: database-side augmentation with ``dba_k`` neighbours (0 = off);
+      ``dba_local``: neighbours among the first ``shortlist`` results only (what queries do);
     - ``whiten``: PCA-whitening learned on the folder's own vectors (``whiten_dim`` components);
     - ``mode``/``scales``: how images become vectors: ``squash`` at scale 1 reuses the library's
       stored vectors; ``aspect`` (short side at the input size) or other scales re-embed the folder.
@@ -234,6 +235,7 @@ class RetrievalOptions:
     shortlist: int = 100
     trim: bool = False
     margin: float = 0.0
+    dba_local: bool = False
 
     @property
     def stored_vectors(self) -> bool:
@@ -252,7 +254,7 @@ class RetrievalOptions:
         if self.margin and (len(self.invariant) > 1 or self.trim):
             parts.append(f"margin {self.margin:g}")
         if self.dba_k:
-            parts.append(f"DBA(k={self.dba_k},a={self.dba_alpha:g})")
+            parts.append(f"DBA(k={self.dba_k},a={self.dba_alpha:g}{',local' if self.dba_local else ''})")
         if self.qe_k:
             parts.append(f"aQE(k={self.qe_k},a={self.qe_alpha:g})")
         return " + ".join(parts) or "plain"
@@ -287,7 +289,7 @@ class Ranker:
         self.search = rerank.matrix_search(vectors, self.ids)
         self.settings = rerank.RerankSettings(
             qe_k=options.qe_k, qe_alpha=options.qe_alpha, dba_k=options.dba_k, dba_alpha=options.dba_alpha,
-            shortlist=options.shortlist, margin=options.margin,
+            shortlist=options.shortlist, margin=options.margin, dba_local=options.dba_local,
         )  # fmt: skip
         self.cache = rerank.NeighbourCache(self.search, self.reconstruct, options.dba_k + 2)
 

@@ -56,6 +56,18 @@ def test_dba_on_demand_equals_dba_of_the_whole_database() -> None:
     assert np.allclose(lazy, manual / np.linalg.norm(manual), atol=1e-5)
 
 
+def test_local_dba_is_dba_within_the_shortlist() -> None:
+    rng = np.random.default_rng(4)
+    db = _unit(rng, 60, 8)
+    assert np.allclose(rerank.local_dba(db, 2, 3.0), rerank.dba(db, 2, 3.0), atol=1e-5)
+    search = rerank.matrix_search(db)
+    probe = db[7] + 0.1 * rng.normal(size=8)
+    local = rerank.retrieve(search, lambda ids: db[ids], probe, 5, rerank.RerankSettings(dba_k=2, dba_local=True))
+    head = rerank.invariant_search(search, rerank.l2_normalise(probe), 60)  # shortlist = the whole database
+    want = rerank.l2_normalise(probe) @ rerank.local_dba(db[head.ids], 2, 3.0).T
+    assert local.ids.tolist() == head.ids[np.argsort(-want, kind="stable")][:5].tolist()
+
+
 def test_query_expansion_brings_in_a_positive_that_only_resembles_another_positive() -> None:
     # q ~ p1; p2 ~ p1 but further from q than a distractor d: plain ranks d before p2, alpha-QE the other way
     q = np.array([1.0, 0.0, 0.0, 0.0])

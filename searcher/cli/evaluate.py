@@ -52,6 +52,9 @@ def eval_command(
         typer.Option(help="Probe transforms: none, rotations, all (rotations and flips). Default: rotations."),
     ] = None,
     dba: Annotated[int | None, typer.Option(help="DBA neighbours (0 = off). Default: 2.")] = None,
+    dba_global: Annotated[
+        bool, typer.Option("--dba-global", help="Exact DBA (neighbours from the whole folder, slower).")
+    ] = False,
     qe: Annotated[int | None, typer.Option(help="alpha-QE neighbours (0 = off). Default: 0.")] = None,
     alpha: Annotated[float, typer.Option(help="Weight exponent of DBA and QE neighbours.")] = 3.0,
     trim: Annotated[
@@ -133,6 +136,7 @@ def eval_command(
         shortlist=d.shortlist,
         trim=trim if trim is not None else (d.trim and not plain),
         margin=d.margin,
+        dba_local=d.dba_local and not dba_global,
     )
     if mode not in ("squash", "aspect"):
         raise typer.BadParameter("--mode must be squash or aspect")
