@@ -99,7 +99,7 @@ def dup_configs(full: bool) -> dict[str, Any]:
 
 def query_latency(lib: Any, probes: list[str]) -> dict[str, float]:
     """Milliseconds per probe of ``Library.query`` for new photos (not indexed), per technique."""
-    lib.query(probes[:2], k=10, invariant=False, augment=False)  # load the network once
+    lib.query(probes[:2], k=10, pooling="avg", invariant=False, augment=False)  # load the network once
     out = {}
     for name, kw in {
         "plain": dict(invariant=False, augment=False, expand=False),
@@ -111,7 +111,7 @@ def query_latency(lib: Any, probes: list[str]) -> dict[str, float]:
         "default+qe": dict(expand=True),
     }.items():
         started = time.perf_counter()
-        lib.query(probes, k=10, **kw)
+        lib.query(probes, k=10, pooling="avg", **kw)
         out[name] = round(1000 * (time.perf_counter() - started) / len(probes), 1)
     return out
 
@@ -141,7 +141,7 @@ def run_backbone(name: str, weights: Path | None, args: argparse.Namespace) -> d
             for cname, opts in configs(args.variants and name == "efficientnet_lite0").items():
                 if label == "flowers" and cname.startswith("rotations,"):
                     continue  # ablations of the invariant probes: Holidays only
-                r = evaluate_folder(lib, folder, gt, opts, backbone=name, weights=w, index=False)
+                r = evaluate_folder(lib, folder, gt, opts, backbone=name, weights=w, pooling="avg", index=False)
                 result[label][cname] = r.as_dict()
                 m = r.metrics
                 print(f"  {name} {label:8s} {cname:20s} mAP={m.map:.4f} P@10={m.precision[10]:.4f}", flush=True)
@@ -163,7 +163,7 @@ def run_backbone(name: str, weights: Path | None, args: argparse.Namespace) -> d
             for cname, opts in dup_configs(name == "efficientnet_lite0").items():
                 r = near_duplicate_benchmark(
                     lib, HOLIDAYS / "images", sources=sources, seed=0, options=opts, workdir=work,
-                    backbone=name, weights=w, index=False,
+                    backbone=name, weights=w, pooling="avg", index=False,
                 )  # fmt: skip
                 result["near_duplicates"][cname] = r.as_dict()
                 low = {k: v["recall@1"] for k, v in r.per_kind.items() if v["recall@1"] < 1}
@@ -190,7 +190,7 @@ def run_extras(args: argparse.Namespace) -> dict[str, Any]:
         dup = dup_configs(False)["rotations+flips"]
         r = near_duplicate_benchmark(
             lib, HOLIDAYS / "images", sources=args.near_dup_sources, seed=0, options=dup, backbone=name,
-            index=False, verify_top=10,
+            pooling="avg", index=False, verify_top=10,
         )  # fmt: skip
         out["near_duplicates_verified_top10"] = r.as_dict()
         print(f"  near-dup rotations+flips + verification R@1={r.overall['recall@1']:.4f}", flush=True)
