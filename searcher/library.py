@@ -14,9 +14,10 @@ index per embedding model, rebuilt from SQLite whenever it is missing or stale).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from searcher.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from searcher.embed import ModelIdentity, model_identity
 from searcher.files import FileEntry, absolute, content_hash, discover, fingerprint, looks_like_image, read_error
 from searcher.locking import WriteLock
-from searcher.pipeline import batched, decode_stream, default_workers, prefetch_batches
+from searcher.pipeline import Batch, batched, decode_stream, default_workers, prefetch_batches
 from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, Meta, ModelRow
 from searcher.vector_index import INDEX_TYPES, VectorIndex, choose_kind
 
@@ -662,17 +663,13 @@ class Library:
         size = embedder.input_size
         progress.begin("Embedding", len(work))
         started = time.monotonic()
-        last_save, save_cost = time.monotonic(), 0.0
-        batches = prefetch_batches(
-            work, lambda w: w.entry.path, size, batch_size,
-            workers=workers or default_workers(gpu=embedder.gpu), max_pixels=max_pixels,
-        )  # fmt: skip
-        for batch in batches:  # decoded and stacked on background threads while the model runs
-            good = batch.good
-            vectors = embedder.embed(batch.pixels) if good else None
+        saves = {"last": time.monotonic(), "cost": 0.0}
+
+        def commit(batch: Batch[_Work], vectors: np.ndarray | None) -> None:
+            """Store one embedded batch (SQLite, then FAISS); runs on the commit thread."""
             added_ids: list[int] = []
             with self.sessions() as session, session.begin():
-                for i, d in enumerate(good):
+                for i, d in enumerate(batch.good):
                     w, info = d.item, d.info
                     assert info is not None and vectors is not None
                     if w.existing_id is not None:
@@ -703,11 +700,32 @@ class Library:
             progress.advance(len(batch))
             report.embed_seconds = time.monotonic() - started
             # a checkpoint for crash recovery; big indexes are saved less often (at most ~10% of the time)
-            if time.monotonic() - last_save > max(SAVE_EVERY_S, 10 * save_cost):
+            if time.monotonic() - saves["last"] > max(SAVE_EVERY_S, 10 * saves["cost"]):
                 saving = time.monotonic()
                 self._save_index(model, index)
-                last_save = time.monotonic()
-                save_cost = last_save - saving
+                saves["last"] = time.monotonic()
+                saves["cost"] = saves["last"] - saving
+
+        # Three overlapping stages: decoding (worker threads) feeds the model (this thread), whose
+        # output is committed on a commit thread while the model runs on the next batch. At most
+        # one batch waits to be committed; an interrupted run still commits the batch it embedded.
+        batches = prefetch_batches(
+            work, lambda w: w.entry.path, size, batch_size,
+            workers=workers or default_workers(gpu=embedder.gpu), max_pixels=max_pixels,
+        )  # fmt: skip
+        pending: Future[None] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as committer:
+            try:
+                for batch in batches:
+                    vectors = embedder.embed(batch.pixels) if batch.good else None
+                    if pending is not None:
+                        pending.result()  # raises what the commit raised
+                    pending = committer.submit(commit, batch, vectors)
+            finally:
+                batches.close()  # stop decoding
+                if pending is not None and sys.exc_info()[0] is None:
+                    pending.result()
+            # leaving the ``with`` waits for the last commit, whatever happened
         progress.end()
 
     # --- querying ----------------------------------------------------------------------------
@@ -804,6 +822,37 @@ class Library:
             found = self.search_probes([vectors[p] for p in ok], k, model=model, exclude=exclude, settings=settings)
             results = dict(zip(ok, found, strict=True))
         return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        model: ModelRow | None = None,
+        exclude: Sequence[int | None] | None = None,
+    ) -> list[list[Hit]]:
+        """The ``k`` indexed images nearest to each row of ``vectors`` (unit vectors of ``model``).
+
+        ``model`` defaults to the library's default model; ``exclude[i]`` is an image id to leave
+        out of row ``i``'s results (the probe itself). No network is loaded.
+        """
+        model = model or self.find_model()
+        matrix = np.asarray(vectors, np.float32).reshape(-1, model.dim)
+        if len(matrix) == 0:
+            return []
+        scores, ids = self.vector_index(model).search(matrix, k + 1)
+        rows = self._rows_by_id({int(i) for i in ids.ravel() if i >= 0})
+        out: list[list[Hit]] = []
+        for n, (srow, irow) in enumerate(zip(scores, ids, strict=True)):
+            skip = exclude[n] if exclude is not None else None
+            hits: list[Hit] = []
+            for s, i in zip(srow, irow, strict=True):
+                if i < 0 or i == skip or int(i) not in rows:
+                    continue
+                r = rows[int(i)]
+                hits.append(Hit(len(hits) + 1, r.path, float(s), r.width, r.height, int(i)))
+            out.append(hits[:k])
+        return out
 
     def search_probes(
         self,

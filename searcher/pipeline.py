@@ -4,7 +4,9 @@ Indexing is a three-stage pipeline, each stage on its own threads so the model i
 
 1. ``decode_stream``: a pool of decode workers (threads by default: Pillow releases the
    GIL while it decodes and resizes; ``processes=True`` uses worker processes instead)
-   turns files into model-sized uint8 arrays, in order, at most ``window`` ahead.
+   turns files into model-sized uint8 arrays, in order, at most ``window`` ahead. The
+   workers run at a lower CPU priority (:func:`decode_nice`) so they use the cycles the model
+   leaves instead of preempting its threads.
 2. ``prefetch_batches``: a background thread groups decoded images into batches and
    stacks each into one contiguous ``(n, H, W, 3)`` array, keeping up to ``depth``
    ready batches queued.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -73,11 +76,46 @@ def _decode(path: str, size: tuple[int, int], max_pixels: int | None) -> tuple[n
         return None, None, str(exc)
 
 
-def _process_pool(workers: int) -> Executor:
+def decode_nice() -> int:
+    """How much lower than the caller's the decode workers' CPU priority is (``SEARCHER_DECODE_NICE``).
+
+    Default 10. When decoding and the model compete for the same cores, a decode thread that
+    preempts one of TensorFlow's threads stalls a whole parallel op (the other shards wait for it);
+    at a lower priority decoding takes the cycles the model leaves and the model keeps its
+    cores. Measured on 2 busy cores, pipeline alone: 1024x768 JPEGs 30-48 img/s at +10 vs
+    20-28 at 0; 3000x2000 27-28 vs 18-26. Set 0 to decode at normal priority.
+    """
+    try:
+        return max(0, min(19, int(os.environ.get("SEARCHER_DECODE_NICE", "10"))))
+    except ValueError:
+        return 10
+
+
+def _lower_priority(nice: int, thread: bool) -> None:
+    """Worker initialiser: lower this thread's (Linux: a thread is its own scheduling entity) or
+    this process's priority. Best effort: platforms without per-thread priorities are left alone."""
+    if nice <= 0:
+        return
+    try:
+        if thread:
+            if not sys.platform.startswith("linux"):
+                return
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        else:
+            os.nice(nice)
+    except (OSError, AttributeError):
+        pass
+
+
+def _process_pool(workers: int, nice: int) -> Executor:
     import multiprocessing
 
     # never fork a process that may already run TensorFlow's threads
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_lower_priority, initargs=(nice, False),
+    )  # fmt: skip
 
 
 def decode_stream(
@@ -93,7 +131,14 @@ def decode_stream(
     """Decode ``items`` in order, ``workers`` at a time, never more than ``window`` ahead."""
     n_workers = workers or default_workers()
     pending: deque[tuple[T, Future]] = deque()
-    pool = _process_pool(n_workers) if processes else ThreadPoolExecutor(n_workers, thread_name_prefix="decode")
+    nice = decode_nice()
+    pool = (
+        _process_pool(n_workers, nice)
+        if processes
+        else ThreadPoolExecutor(
+            n_workers, thread_name_prefix="decode", initializer=_lower_priority, initargs=(nice, True)
+        )
+    )
 
     def finish(item: T, future: Future) -> Decoded[T]:
         pixels, info, error = future.result()
