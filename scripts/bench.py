@@ -498,8 +498,9 @@ def section_memory(cfg: dict[str, Any], tmp: Path, data: dict[str, Any], ctx: di
         run["wall_s"] = round(time.perf_counter() - started, 1)
         run["rss_minus_flat_index_mb"] = round(run["vmhwm_mb"] - run["flat_index_mb"], 1)
         samples = run["rss_samples_mb"]
-        if len(samples) >= 2:  # during the embedding stage only: pixels in flight, SQLite, the growing index
-            (d0, r0), (d1, r1) = samples[0], samples[-1]
+        if len(samples) >= 3:  # during the embedding stage only: pixels in flight, SQLite, the growing index
+            run["pipeline_warmup_mb"] = round(samples[1][1] - samples[0][1], 1)  # threads, buffers, TF arenas
+            (d0, r0), (d1, r1) = samples[1], samples[-1]  # from ~500 files in (after warm-up) to the end
             index_growth = (d1 - d0) * (4 * run["dim"] + 16) / 2**20
             run["embedding_stage_growth_mb"] = round(r1 - r0, 1)
             run["embedding_stage_growth_minus_index_mb"] = round(r1 - r0 - index_growth, 1)
