@@ -1,6 +1,6 @@
 """Speed benchmark of searcher: indexing, memory, query latency, vector search, duplicates.
 
-    python scripts/bench.py                 # full run (~10-15 min on 2 idle cores, ~11 GB RAM at peak)
+    python scripts/bench.py                 # full run (~10-15 min on 2 idle cores, ~10 GB RAM at peak)
     python scripts/bench.py --quick         # tiny sizes (< 1 min): proves the script still runs
     python scripts/bench.py --sections indexing,search --out bench-out/x.json
 
