@@ -192,13 +192,65 @@ def evaluate(
     for (_, _, kind), h in zip(truth, hit, strict=True):
         by_kind.setdefault(kind, []).append(h)
     return {
+        "wrong_pair_examples": sorted((min(a, b), max(a, b)) for a, b in wrong)[:40],
         "predicted_pairs": len(predicted),
         "correct_pairs": correct,
         "wrong_pairs": len(wrong),
-        "wrong_pairs_other_shot_of_one_scene": same_scene,
+        "wrong_pairs_other_shot_of_one_scene": same_scene,  # or a copy of another shot
         "precision": round(precision, 4),
         "recall": round(float(np.mean(hit)), 4),
         "recall_by_kind": {k: round(float(np.mean(v)), 3) for k, v in by_kind.items()},
+    }
+
+
+def misses(report, index_of, truth: list[tuple[int, int, str]], names: list[str]) -> list[dict[str, Any]]:
+    """Each (source, copy) pair not in one group, and where the two ended up."""
+    where: dict[int, tuple[str, str, int]] = {}
+    for g in report.groups:
+        if g.tier != "similar":
+            for m in g.members:
+                where[index_of(m.path)] = (g.tier, Path(g.representative).name, len(g.members))
+    out = []
+    for a, b, kind in truth:
+        if a in where and b in where and where[a] == where[b]:
+            continue
+        out.append(
+            {"kind": kind, "source": Path(names[a]).name, "source_group": where.get(a), "copy_group": where.get(b)}
+        )
+    return out
+
+
+def turned_cosines(lib, model, rows, ids, index_of, vec_of, truth, family) -> dict[str, Any]:
+    """How close the turned probes of --rotations get: the best cosine over turns between each source
+    and copy (either way), per kind; and each picture's best turned-probe cosine to an unrelated one."""
+    from searcher import decisions
+
+    hash_of = {index_of(rows[i].path): rows[i].content_hash for i in ids}
+    with lib.sessions() as session:
+        blobs = decisions.cached_rotations(session, model.key, list(hash_of.values()), (1, 2))
+    turned = {
+        i: np.stack([np.frombuffer(blobs[(h, t)], np.float32) for t in (1, 2)])
+        for i, h in hash_of.items()
+        if (h, 1) in blobs and (h, 2) in blobs
+    }
+    by_kind: dict[str, list[float]] = {}
+    for a, b, kind in truth:
+        if a in turned and b in turned:
+            best = max(float((turned[a] @ vec_of[b]).max()), float((turned[b] @ vec_of[a]).max()))
+            by_kind.setdefault(kind, []).append(best)
+    order = sorted(turned)
+    plain = np.stack([vec_of[i] for i in order])
+    fam = np.array([family[i] for i in order])
+    unrelated = []
+    for i in order:
+        sims = (turned[i] @ plain.T).max(axis=0)
+        sims[fam == family[i]] = -1
+        unrelated.append(float(sims.max()))
+    return {
+        "copies": {
+            k: {"min": round(min(v), 3), "p10": round(float(np.percentile(v, 10)), 3)} for k, v in by_kind.items()
+        },
+        "best_unrelated": {q: round(float(np.percentile(unrelated, q)), 3) for q in (50, 90, 99)},
     }
 
 
@@ -356,7 +408,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--rotations", action="store_true", help="also run duplicates with rotated probes")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "dup_benchmark.json")
-    ap.add_argument("--keep", type=Path, default=None, help="keep the generated library in this folder")
+    ap.add_argument("--keep", type=Path, default=None, help="work in this (new) folder and keep it: copies, library")
     ap.add_argument("--calibrate", type=Path, default=None, help="instead: calibrate the shipped default")
     ap.add_argument("--sample", type=int, default=60, help="with --calibrate: photos to make copies of")
     ap.add_argument("--neighbours", type=int, default=5, help="with --calibrate: CNN neighbours as negatives")
@@ -381,7 +433,11 @@ def main() -> None:
     distractors = other_shots + rest[: args.distractors]
     scene = {str(p): gi for gi, g in enumerate(parts["holidays_benchmark"]) for p in g}
 
-    work = Path(tempfile.mkdtemp(prefix="searcher-dupbench-"))
+    if args.keep is None:
+        work = Path(tempfile.mkdtemp(prefix="searcher-dupbench-"))
+    else:
+        work = args.keep
+        work.mkdir(parents=True)
     try:
         t0 = time.monotonic()
         manifest = make_benchmark(sources, work / "copies", EDIT_KINDS, seed=args.seed)
@@ -401,13 +457,14 @@ def main() -> None:
             if str(shared / "datasets" / a) in idx and str(shared / "datasets" / b) in idx
         )
         truth = [(idx[m["source"]], idx[m["copy"]], m["kind"]) for m in manifest]
-        scenes = [scene.get(p) for p in files]
+        scene.update({m["copy"]: scene[m["source"]] for m in manifest if m["source"] in scene})
+        scenes = [scene.get(p) for p in files]  # a copy belongs to its source's scene
         real = link_all([Path(p) for p in sources + distractors], work / "shared-links")
 
         def index_of(path: str) -> int:
             return idx[real.get(path, path)]
 
-        lib_dir = args.keep or work / "library"
+        lib_dir = work / "library"
         t0 = time.monotonic()
         with Library.open(lib_dir) as lib:
             lib.index([work / "shared-links", work / "copies"])
@@ -434,16 +491,26 @@ def main() -> None:
                 t0 = time.monotonic()
                 rot_report = find_duplicates(lib, similar=False, rotations=True)
                 t_rot = time.monotonic() - t0
-        ours = evaluate(predicted_pairs(report, index_of), family, truth, scenes)
+                turned_stats = turned_cosines(lib, model, rows, ids, index_of, vec_of, truth, family)
+
+        def named(result: dict[str, Any]) -> dict[str, Any]:
+            result["wrong_pair_examples"] = [
+                [Path(files[a]).name, Path(files[b]).name] for a, b in result["wrong_pair_examples"]
+            ]
+            return result
+
+        ours = named(evaluate(predicted_pairs(report, index_of), family, truth, scenes))
         ours.update(threshold=report.thresholds.verified, threshold_source=report.thresholds.source)
-        ours.update(stats=report.stats, seconds=round(t_dup, 1))
+        ours.update(stats=report.stats, seconds=round(t_dup, 1), misses=misses(report, index_of, truth, files))
         if rot_report is not None:
-            ours_rot = evaluate(predicted_pairs(rot_report, index_of), family, truth, scenes)
+            ours_rot = named(evaluate(predicted_pairs(rot_report, index_of), family, truth, scenes))
             ours_rot.update(stats=rot_report.stats, seconds=round(t_rot, 1))
+            ours_rot["misses"] = misses(rot_report, index_of, truth, files)
+            ours_rot["turned_cosines"] = turned_stats
 
         t0 = time.monotonic()
         hashes = [phash(p) for p in files]
-        theirs = evaluate(hamming_pairs(hashes, 10), family, truth, scenes)
+        theirs = named(evaluate(hamming_pairs(hashes, 10), family, truth, scenes))
         theirs["seconds"] = round(time.monotonic() - t0, 1)
         result: dict[str, Any] = {
             "command": "python scripts/dup_benchmark.py " + " ".join(sys.argv[1:]),
@@ -483,7 +550,8 @@ def main() -> None:
         print_table(result)
         print(f"\nwritten to {args.out}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ DEFAULT_SIMILAR_COSINE = 0.85  # "similar" suggestions (not verified copies)
 FALLBACK_THRESHOLD = 0.95  # verified-score threshold when nothing was calibrated for a model
 IVF_MIN = 50_000  # exact search below this many vectors, inverted lists above
 MAX_LAZY_COMPONENT = 64  # verify representative-vs-member pairs not among candidates in components this small
+TRY_REPRESENTATIVES = 3  # in such components, the first representative is the best of this many candidates
 
 
 # --- thresholds --------------------------------------------------------------------------------
@@ -189,15 +190,19 @@ class Member:
 @dataclass
 class Group:
     tier: str
-    members: list[Member]
+    members: list[Member]  # the kept copy first
     spread: float
+    representative: str = ""  # the file every member was compared with (scores are against it)
 
     @property
     def kept(self) -> Member:
         return self.members[0]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tier": self.tier, "spread": round(self.spread, 4), "members": [m.as_dict() for m in self.members]}
+        return {
+            "tier": self.tier, "spread": round(self.spread, 4), "representative": self.representative,
+            "members": [m.as_dict() for m in self.members],
+        }  # fmt: skip
 
 
 @dataclass
@@ -223,6 +228,7 @@ class DuplicateReport:
 
 
 REDUCED_DIM = 128  # candidate search on large libraries runs on PCA-reduced vectors, then re-scores exactly
+OVERSEARCH = 3  # approximate search: fetch this many times k neighbours, keep the k best by exact cosine
 ROTATION_TURNS = (1, 2)  # quarter turns probed: 90 and 180 degrees (90 from the other side covers 270)
 ROTATION_K = 5  # nearest pictures of each turned probe that become candidates
 INCOMING_TURNS = (1, 2, 3)  # query --duplicates-only: the library is not turned, so every turn of the probe
@@ -275,25 +281,39 @@ def _knn_pairs(
     batch: int,
     skip_self: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query row, vector row, exact cosine) of each query's ``k`` nearest vectors with cosine >= ``min_cosine``."""
+    """(query row, vector row, exact cosine) of each query's ``k`` nearest vectors with cosine >= ``min_cosine``.
+
+    With a projection (the approximate index), :data:`OVERSEARCH` times as many neighbours are
+    fetched in the reduced space and the ``k`` best by exact cosine are kept: the reduced space
+    ranks neighbours differently, and re-ranking a few more recovers most of the exact ones.
+    """
     n = len(vectors)
-    kk = min(n, k + 1 if skip_self else k)
+    want = k + 1 if skip_self else k
+    kk = min(n, want if project is None else want * OVERSEARCH)
     rows, cols, sims = [], [], []
+    if project is not None:
+        batch = min(batch, 256)  # batch x kk full vectors are gathered for re-ranking
     for start in range(0, len(queries), batch):
         part = queries[start : start + batch]
         scores, ids = index.search(part if project is None else project(part), kk)
-        q = np.repeat(np.arange(start, start + len(ids)), kk)
-        c, s = ids.ravel(), scores.ravel()
-        ok = c >= 0
+        q = np.repeat(np.arange(start, start + len(ids)), kk).reshape(ids.shape)
+        ok = ids >= 0
         if skip_self:
-            ok &= c != q
-        q, c, s = q[ok], c[ok], s[ok]
-        if project is not None:  # exact cosine on the full vectors
-            s = np.einsum("ij,ij->i", queries[q], vectors[c])
-        ok = s >= min_cosine
-        rows.append(q[ok])
-        cols.append(c[ok])
-        sims.append(s[ok])
+            ok &= ids != q
+        if project is not None:  # exact cosines on the full vectors, then the best k of each query
+            safe = np.where(ok, ids, 0)
+            scores = np.einsum("qd,qkd->qk", part, vectors[safe])
+            scores = np.where(ok, scores, -np.inf)
+            best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            ids = np.take_along_axis(ids, best, axis=1)
+            scores = np.take_along_axis(scores, best, axis=1)
+            q = q[:, :k]
+            ok = np.isfinite(scores)
+        c, s, q = ids.ravel(), scores.ravel(), q.ravel()
+        keep = ok.ravel() & (s >= min_cosine)
+        rows.append(q[keep])
+        cols.append(c[keep])
+        sims.append(s[keep])
     if not rows:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
@@ -421,6 +441,7 @@ def group_units(
     threshold: float,
     allowed: Callable[[int, int], bool] = lambda a, b: True,
     lazy_limit: int = MAX_LAZY_COMPONENT,
+    try_first: int = 1,
 ) -> list[tuple[int, list[tuple[int, float]]]]:
     """Representative-based grouping that never chains.
 
@@ -431,7 +452,10 @@ def group_units(
     so far becomes a representative. Every other unit then joins the representative it
     scores *best* against (not merely the first it passes), so each member matches its
     own representative directly (pairs not among the candidates are scored too when the
-    component has at most ``lazy_limit`` units). Returns
+    component has at most ``lazy_limit`` units), and no two members of a group are a pair
+    that ``allowed`` refuses. ``try_first`` > 1: in components scored in full (at most
+    ``lazy_limit`` units), the first representative is whichever of the ``try_first``
+    best-ranked units passes the most others. Returns
     ``[(representative, [(member, score), ...]), ...]`` for groups of two or more.
     """
     rank = {u: r for r, u in enumerate(order)}
@@ -471,12 +495,19 @@ def group_units(
             s = edge_score(rep, u)
             return s if s is not None and s >= threshold else None
 
-        def rivals(u: int, reps: Iterable[int], lazy: bool = lazy) -> list[int]:
+        if lazy and try_first > 1 and len(comp) > 2:
+            passes = [sum(score(c, u) is not None for u in comp if u != c) for c in comp[:try_first]]
+            first = comp[int(np.argmax(passes))]  # the earliest of the best
+            comp.remove(first)
+            comp.insert(0, first)
+        crank = {u: i for i, u in enumerate(comp)}  # rank within the component
+
+        def rivals(u: int, reps: Iterable[int], lazy: bool = lazy, crank: dict[int, int] = crank) -> list[int]:
             """The representatives ``u`` may be scored against, best-ranked first."""
             if lazy:
-                return sorted(reps, key=lambda r: rank[r])
+                return sorted(reps, key=crank.__getitem__)
             near = adjacent.get(u, set())
-            return sorted((r for r in near if r in reps), key=lambda r: rank[r])
+            return sorted((r for r in near if r in reps), key=crank.__getitem__)
 
         # 1. representatives, best first: a unit that passes no better-ranked representative is one
         reps: set[int] = set()
@@ -491,13 +522,40 @@ def group_units(
         for u in comp:
             if u in reps:
                 continue
-            passed = [(s, -rank[r], r) for r in rivals(u, reps) if (s := score(r, u)) is not None]
+            passed = [(s, -crank[r], r) for r in rivals(u, reps) if (s := score(r, u)) is not None]
             for s, _, r in sorted(passed, reverse=True):
                 if all(allowed(m, u) for m, _ in members[r]):
                     members[r].append((u, s))
                     break
         groups.extend((r, members[r]) for r in rep_order if members[r])
     return groups
+
+
+def representative_order(
+    order: Sequence[int],
+    edges: Iterable[tuple[int, int]],
+    score: Callable[[int, int], float | None],
+    allowed: Callable[[int, int], bool],
+    threshold: float,
+) -> list[int]:
+    """Units ranked as representatives (the pictures group members are compared with).
+
+    The one most others match first. Of an original and its edited copies, the original matches
+    every copy, whereas two copies (each edited its own way) match each other less often; a copy as
+    representative (say, a noisy one of the same resolution and a bigger file) would leave its crops
+    and borders out. Ties: the mean matching score, then ``order`` (the keep rules). Which file of a
+    group is *kept* is decided by the keep rules alone.
+    """
+    matched: dict[int, int] = {}
+    matched_sum: dict[int, float] = {}
+    for a, b in edges:
+        v = score(a, b)
+        if v is not None and v >= threshold and allowed(a, b):
+            for u in (a, b):
+                matched[u] = matched.get(u, 0) + 1
+                matched_sum[u] = matched_sum.get(u, 0.0) + v
+    rank = {h: i for i, h in enumerate(order)}
+    return sorted(order, key=lambda h: (-matched.get(h, 0), -matched_sum.get(h, 0.0), rank[h]))
 
 
 # --- pixel hashes ----------------------------------------------------------------------------------
@@ -755,24 +813,11 @@ def find_duplicates(
         progress.end()
     t_verify = time.monotonic()
 
-    # Representatives (the pictures members are compared with): the one most others match first. Of
-    # an original and its edited copies, the original matches every copy, whereas two copies (each
-    # edited its own way) match each other less often; a copy as representative (say, a noisy one
-    # with the same resolution and a bigger file) would leave its crops and borders out. Ties: the
-    # keep rules. Which file is *kept* is still decided by the keep rules alone (_build_group).
-    matched: dict[int, int] = {}
-    matched_sum: dict[int, float] = {}
-    for a, b in to_verify:
-        v = score_of(a, b)
-        if v is not None and v >= th.verified and head_allowed(a, b):
-            for u in (a, b):
-                matched[u] = matched.get(u, 0) + 1
-                matched_sum[u] = matched_sum.get(u, 0.0) + v
-    rank = {h: i for i, h in enumerate(order)}
-    hub_order = sorted(heads, key=lambda h: (-matched.get(h, 0), -matched_sum.get(h, 0.0), rank[h]))
+    hub_order = representative_order(order, to_verify, score_of, head_allowed, th.verified)
     near = group_units(
-        len(units), hub_order, score_of, near_nbrs, th.verified, allowed=head_allowed, lazy_limit=MAX_LAZY_COMPONENT
-    )
+        len(units), hub_order, score_of, near_nbrs, th.verified, allowed=head_allowed,
+        lazy_limit=MAX_LAZY_COMPONENT, try_first=TRY_REPRESENTATIVES,
+    )  # fmt: skip
     if verified_new:
         with lib.sessions() as session, session.begin():
             decisions.store_scores(session, verified_new, VERIFY_VERSION)
@@ -868,7 +913,7 @@ def _build_group(
     rest.sort(key=lambda m: (-m.score, m.path))
     ordered = [head, *rest]
     spread = 1.0 - min(m.score for m in ordered)
-    return Group(tier, ordered, max(0.0, spread))
+    return Group(tier, ordered, max(0.0, spread), rep_best.path)
 
 
 # --- checking new files against the library ---------------------------------------------------------

@@ -46,6 +46,15 @@ def test_grouping_joins_the_best_representative() -> None:
     assert groups == [(0, [(1, 0.96), (3, 0.97)])]
 
 
+def test_grouping_tries_representatives() -> None:
+    # 0 is ranked first but passes only 1; 2 passes everyone: with try_first=3 it leads one group of all
+    scores = {(0, 1): 0.95, (0, 2): 0.97, (1, 2): 0.96, (2, 3): 0.95, (0, 3): 0.3, (1, 3): 0.3}
+    nbrs = {0: {1, 2, 3}, 1: {2, 3}, 2: {3}}
+    fn = lambda a, b: scores.get((min(a, b), max(a, b)))  # noqa: E731
+    assert group_units(4, [0, 1, 2, 3], fn, nbrs, 0.9) == [(0, [(1, 0.95), (2, 0.97)])]
+    assert group_units(4, [0, 1, 2, 3], fn, nbrs, 0.9, try_first=3) == [(2, [(0, 0.97), (1, 0.96), (3, 0.95)])]
+
+
 def test_grouping_respects_refusals_and_is_deterministic() -> None:
     scores = {(0, 1): 0.99, (0, 2): 0.98, (1, 2): 0.97}
     nbrs = {0: {1, 2}, 1: {0, 2}, 2: {0, 1}}
