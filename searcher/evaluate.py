@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -220,7 +220,9 @@ class RetrievalOptions:
       ``dba_local``: neighbours among the first ``shortlist`` results only (what queries do);
     - ``whiten``: PCA-whitening learned on the folder's own vectors (``whiten_dim`` components);
     - ``mode``/``scales``: how images become vectors: ``squash`` at scale 1 reuses the library's
-      stored vectors; ``aspect`` (short side at the input size) or other scales re-embed the folder.
+      stored vectors; ``aspect`` (short side at the input size) or other scales re-embed the folder;
+    - ``power``: signed power normalisation of probe and shortlist (1 = off); with it, DBA and QE
+      stay within the shortlist (see :func:`searcher.rerank.retrieve`).
     """
 
     invariant: tuple[str, ...] = ("identity",)
@@ -236,6 +238,21 @@ class RetrievalOptions:
     trim: bool = False
     margin: float = 0.0
     dba_local: bool = False
+    power: float = 1.0
+
+    @classmethod
+    def from_preset(cls, name: str | None = None, **changes: Any) -> RetrievalOptions:
+        """What :meth:`searcher.Library.query` does for a new photo with preset ``name``
+        (:data:`searcher.rerank.PRESETS`; ``None`` = instance), with ``changes`` applied."""
+        from searcher import rerank
+
+        p = rerank.preset(name)
+        base = cls(
+            invariant=rerank.invariance_kinds(p.invariant), trim=p.trim, margin=p.margin,
+            dba_k=p.dba_k if p.augment else 0, dba_alpha=p.dba_alpha, dba_local=p.dba_local,
+            qe_k=p.qe_k if p.expand else 0, qe_alpha=p.qe_alpha, shortlist=p.shortlist, power=p.power,
+        )  # fmt: skip
+        return replace(base, **changes)
 
     @property
     def stored_vectors(self) -> bool:
@@ -247,6 +264,8 @@ class RetrievalOptions:
             parts.append(f"{self.mode}@{'+'.join(f'{s:g}' for s in self.scales)}")
         if self.whiten:
             parts.append(f"whiten{self.whiten_dim or ''}")
+        if self.power != 1.0:
+            parts.append(f"power {self.power:g} (top {self.shortlist})")
         if len(self.invariant) > 1:
             parts.append("invariant(" + ",".join(k for k in self.invariant if k != "identity") + ")")
         if self.trim:
@@ -289,7 +308,7 @@ class Ranker:
         self.search = rerank.matrix_search(vectors, self.ids)
         self.settings = rerank.RerankSettings(
             qe_k=options.qe_k, qe_alpha=options.qe_alpha, dba_k=options.dba_k, dba_alpha=options.dba_alpha,
-            shortlist=options.shortlist, margin=options.margin, dba_local=options.dba_local,
+            shortlist=options.shortlist, margin=options.margin, dba_local=options.dba_local, power=options.power,
         )  # fmt: skip
         self.cache = rerank.NeighbourCache(self.search, self.reconstruct, options.dba_k + 2)
 

@@ -412,9 +412,7 @@ class Library:
         with self.sessions() as session:
             return self._get_meta(session, f"index_type:{model.key}") or "auto"
 
-    def _apply_index_type(
-        self, model: ModelRow, index: VectorIndex, requested: str | None, progress: Progress
-    ) -> None:
+    def _apply_index_type(self, model: ModelRow, index: VectorIndex, requested: str | None, progress: Progress) -> None:
         """Record the requested index type and (re)build the approximate index when the size calls for it."""
         if requested is not None:
             with self.sessions() as session, session.begin():
@@ -740,6 +738,7 @@ class Library:
         invariant: bool | str | Sequence[str] | None = None,
         expand: bool | None = None,
         augment: bool | None = None,
+        preset: str | None = None,
     ) -> list[QueryResult]:
         """Nearest neighbours of each probe image (files or folders of images), best first.
 
@@ -747,7 +746,9 @@ class Library:
         stored vector, so no network is loaded. The probe's own file is left out
         of its results unless ``include_self``.
 
-        Retrieval techniques (:mod:`searcher.rerank`; defaults in :data:`searcher.rerank.DEFAULTS`):
+        Retrieval techniques (:mod:`searcher.rerank`): ``preset`` ``"instance"`` (default: the same
+        scene, object or photo) or ``"category"`` (the same kind of thing) picks the defaults of the
+        options below (:data:`searcher.rerank.PRESETS`).
         ``invariant`` matches rotated copies: ``None`` (default) embeds a probe that needs the
         network anyway in its four 90-degree rotations (and, when it has a solid frame, the same
         views of its inside) and keeps each image's best score, while an indexed probe keeps its
@@ -758,8 +759,9 @@ class Library:
         """
         from searcher import rerank
 
-        settings = rerank.settings(expand=expand, augment=augment)
-        kinds_new = rerank.invariance_kinds(rerank.DEFAULTS.invariant if invariant is None else invariant)
+        chosen = rerank.preset(preset)
+        settings = rerank.settings(expand=expand, augment=augment, preset_name=chosen.name)
+        kinds_new = rerank.invariance_kinds(chosen.invariant if invariant is None else invariant)
         kinds_stored = rerank.invariance_kinds(False if invariant is None else invariant)
         model = self.find_model(backbone, pooling)
         self.vector_index(model)  # loaded (and reconciled) before any network is built
@@ -807,7 +809,7 @@ class Library:
                         errors[d.item] = d.error
                 good = [d for d in batch if d.pixels is not None]
                 if good:
-                    trim = len(kinds_new) > 1  # invariant probes are also searched without a frame
+                    trim = chosen.trim and len(kinds_new) > 1  # invariant probes: also without a frame
                     views = [rerank.probe_views(d.pixels, kinds_new, trim) for d in good]
                     out = embedder.embed(np.stack([v for vs in views for v in vs]))
                     start = 0
@@ -879,8 +881,13 @@ class Library:
             skip = exclude[n] if exclude is not None else None
             ranked.append(
                 rerank.retrieve(
-                    index.search, cache.vectors, variants, k + 1, settings,
-                    exclude=[] if skip is None else [skip], cache=cache,
+                    index.search,
+                    cache.vectors,
+                    variants,
+                    k + 1,
+                    settings,
+                    exclude=[] if skip is None else [skip],
+                    cache=cache,
                 )  # fmt: skip
             )
         rows = self._rows_by_id({int(i) for r in ranked for i in r.ids})

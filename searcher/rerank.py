@@ -14,6 +14,12 @@ same code serves :meth:`searcher.Library.query` and :mod:`searcher.evaluate`:
   itself and its top-``k`` neighbours; the result is a derived index (same ids).
 - **PCA-whitening** (:class:`Whitening`): ``faiss.PCAMatrix`` with ``eigen_power=-0.5`` learned on
   the library's own vectors, applied to database and queries, then re-normalised.
+- **power normalisation** (:func:`power_normalise`): signed ``x ** p`` then L2 (``p = 0.5``: the
+  square root), which damps the few dominant channels; with it, DBA and QE run inside the first
+  ``shortlist`` results (:func:`retrieve`), since the FAISS index holds the plain vectors.
+
+Two presets (:data:`PRESETS`): ``instance`` (the default: the same scene, object or photo, edited
+or turned) and ``category`` (the same kind of thing: a flower species, a product type).
 """
 
 from __future__ import annotations
@@ -45,6 +51,14 @@ ROTATIONS_AND_FLIPS: tuple[str, ...] = tuple(DIHEDRAL)
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def power_normalise(x: np.ndarray, power: float) -> np.ndarray:
+    """Signed power normalisation: ``sign(x) * |x| ** power``, L2-normalised (``power`` 1 = as is)."""
+    x = np.asarray(x, dtype=np.float32)
+    if power == 1.0:
+        return l2_normalise(x)
+    return l2_normalise(np.sign(x) * np.abs(x) ** power)
 
 
 def transformed(image: Image.Image, kinds: Sequence[str]) -> list[Image.Image]:
@@ -208,7 +222,9 @@ class RerankSettings:
     """Query expansion and database-side augmentation settings (0 neighbours = off).
 
     ``shortlist``: how many first-pass results are re-scored with DBA vectors (and searched again
-    after query expansion); results beyond it keep their plain order.
+    after query expansion); results beyond it keep their plain order. ``power`` other than 1:
+    probe and shortlist are power-normalised (:func:`power_normalise`) and DBA and QE stay within
+    the shortlist.
     """
 
     qe_k: int = 0
@@ -218,26 +234,24 @@ class RerankSettings:
     shortlist: int = 100
     margin: float = 0.0  # handicap of the probe's transformed views (see :func:`invariant_search`)
     dba_local: bool = False  # DBA neighbours taken among the shortlist only (no search of the database)
+    power: float = 1.0
 
     @property
     def active(self) -> bool:
-        return bool(self.qe_k or self.dba_k)
+        return bool(self.qe_k or self.dba_k or self.power != 1.0)
 
 
 @dataclass(frozen=True)
-class Defaults:
+class Preset:
     """What :meth:`searcher.Library.query` and ``searcher eval`` use unless told otherwise.
 
-    Chosen on Oxford Flowers-17 and a near-duplicate benchmark of sample-photos/imagededup, kept on
-    only where they also helped on held-out INRIA Holidays (see the README, "Retrieval quality"):
-    rotation-invariant probes and DBA are on; alpha-QE (k=2, alpha=3) is available but off (it helps
-    category retrieval on Flowers-17, not instance retrieval on Holidays). DBA is computed among the
-    first ``shortlist`` results (exact DBA needs a search of the whole database for each of them:
-    2.6 s per query at 50,000 flat vectors on the 2-core test machine, against 0.07 s for the search
-    itself).
+    ``augment``/``expand`` switch DBA/alpha-QE on by default (either can be asked for or turned off
+    per query; ``dba_k``/``qe_k`` say with how many neighbours).
     """
 
-    invariant: str = "rotations"
+    name: str
+    description: str
+    invariant: str = "rotations"  # probe views of a new photo: rotations, all, or none
     trim: bool = True  # invariant probes with a solid frame are also searched without it
     margin: float = 0.05  # a rotated / unframed view must beat the upright one by this much
     dba_local: bool = True  # DBA among the shortlist: no O(shortlist x n) neighbour search per query
@@ -248,24 +262,61 @@ class Defaults:
     qe_k: int = 2
     qe_alpha: float = 3.0
     shortlist: int = 100
+    power: float = 1.0
 
 
-DEFAULTS = Defaults()
+# ``instance`` (the default): chosen on Oxford Flowers-17 and a near-duplicate benchmark of
+# sample-photos/imagededup, kept on only where they also helped on held-out INRIA Holidays (README,
+# "Retrieval quality"): rotation-invariant probes and DBA among the first 100 results; alpha-QE
+# (k=2) is available but off (it helps categories, not instances). Exact DBA needs a search of the
+# whole database for each shortlisted result: 2.6 s per query at 50,000 flat vectors on the 2-core
+# test machine, against 0.07 s for the search itself.
+#
+# ``category``: chosen on one half of Flowers-17 (40 photos of each species), confirmed on the other
+# half (P@10 0.737 -> 0.811 there): square-rooted vectors, DBA with 5 neighbours and alpha-QE with 5,
+# all within the first 500 results. It costs instance retrieval dearly (Holidays mAP 0.86 -> 0.78),
+# so it is a choice, never the default.
+PRESETS: dict[str, Preset] = {
+    "instance": Preset(
+        "instance",
+        "the same scene, object or photo (edited, re-framed or turned copies)",
+    ),
+    "category": Preset(
+        "category",
+        "the same kind of thing (a flower species, a product type)",
+        invariant="none",
+        trim=False,
+        margin=0.0,
+        dba_k=5,
+        expand=True,
+        qe_k=5,
+        shortlist=500,
+        power=0.5,
+    ),  # fmt: skip
+}
+DEFAULTS = PRESETS["instance"]
 
 
-def settings(expand: bool | None = None, augment: bool | None = None) -> RerankSettings:
-    """:class:`RerankSettings` from on/off switches (``None`` = :data:`DEFAULTS`)."""
-    expand = DEFAULTS.expand if expand is None else expand
-    augment = DEFAULTS.augment if augment is None else augment
+def preset(name: str | None) -> Preset:
+    """The :data:`PRESETS` entry called ``name`` (``None`` = the default, ``instance``)."""
+    if name is None:
+        return DEFAULTS
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def settings(expand: bool | None = None, augment: bool | None = None, preset_name: str | None = None) -> RerankSettings:
+    """:class:`RerankSettings` of a preset (default ``instance``), with DBA and QE switched on or off
+    (``None`` = as the preset says)."""
+    p = preset(preset_name)
+    expand = p.expand if expand is None else expand
+    augment = p.augment if augment is None else augment
     return RerankSettings(
-        qe_k=DEFAULTS.qe_k if expand else 0,
-        qe_alpha=DEFAULTS.qe_alpha,
-        dba_k=DEFAULTS.dba_k if augment else 0,
-        dba_alpha=DEFAULTS.dba_alpha,
-        shortlist=DEFAULTS.shortlist,
-        margin=DEFAULTS.margin,
-        dba_local=DEFAULTS.dba_local,
-    )
+        qe_k=p.qe_k if expand else 0, qe_alpha=p.qe_alpha, dba_k=p.dba_k if augment else 0,
+        dba_alpha=p.dba_alpha, shortlist=p.shortlist, margin=p.margin, dba_local=p.dba_local, power=p.power,
+    )  # fmt: skip
 
 
 class NeighbourCache:
@@ -392,6 +443,8 @@ def retrieve(
     if cache is None:
         cache = NeighbourCache(search, reconstruct, settings.dba_k + 1 + len(exclude))
     cache.limit()
+    if settings.power != 1.0:
+        return _rerank_shortlist(first, cache.vectors(first.ids), variants, k, settings)
 
     def dba_pass(probes: np.ndarray, ranked: Ranked) -> tuple[Ranked, np.ndarray | None]:
         if not settings.dba_k or len(ranked.ids) == 0:  # nothing to re-score (e.g. an empty library)
@@ -415,6 +468,30 @@ def retrieve(
             expanded[v] += w * x
         expanded = l2_normalise(expanded)
         ranked, _ = dba_pass(expanded, invariant_search(search, expanded, depth, exclude, settings.margin))
+    return Ranked(ranked.scores[:k], ranked.ids[:k], ranked.variant[:k])
+
+
+def _rerank_shortlist(
+    first: Ranked, vectors: np.ndarray, variants: np.ndarray, k: int, settings: RerankSettings
+) -> Ranked:
+    """Re-rank a first-pass shortlist in the power-normalised space: local DBA among the shortlist,
+    then alpha-QE re-scoring the shortlist again (no second search: the index holds plain vectors).
+    ``vectors`` are the stored vectors of ``first.ids``."""
+    if len(first.ids) == 0:
+        return first
+    probes = power_normalise(variants, settings.power)
+    database = power_normalise(vectors, settings.power)
+    if settings.dba_k:
+        database = local_dba(database, settings.dba_k, settings.dba_alpha)
+    ranked = _rescore(probes, first, database, len(first.ids), settings.margin)
+    if settings.qe_k:
+        row = {int(i): r for r, i in enumerate(first.ids)}
+        top = min(settings.qe_k, len(ranked.ids))
+        expanded = probes.copy()
+        weights = expansion_weights(ranked.scores[:top], settings.qe_alpha)
+        for i, w, v in zip(ranked.ids[:top], weights, ranked.variant[:top], strict=True):
+            expanded[v] += w * database[row[int(i)]]
+        ranked = _rescore(l2_normalise(expanded), first, database, len(first.ids), settings.margin)
     return Ranked(ranked.scores[:k], ranked.ids[:k], ranked.variant[:k])
 
 

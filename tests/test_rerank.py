@@ -170,3 +170,71 @@ def test_margin_keeps_the_upright_view_unless_a_rotated_one_is_clearly_better() 
     assert rerank.invariant_search(search, np.stack([upright, slightly]), 1).ids[0] == 12
     assert rerank.invariant_search(search, np.stack([upright, slightly]), 1, margin=0.05).ids[0] == 10
     assert rerank.invariant_search(search, np.stack([upright, clearly]), 1, margin=0.05).ids[0] == 12
+
+
+def test_power_normalise_square_roots_keeping_signs() -> None:
+    x = np.array([[4.0, -9.0, 0.0]], np.float32)
+    got = rerank.power_normalise(x, 0.5)
+    assert np.allclose(got, np.array([[2.0, -3.0, 0.0]]) / np.sqrt(13.0), atol=1e-6)
+    assert np.allclose(rerank.power_normalise(x, 1.0), x / np.linalg.norm(x), atol=1e-6)
+
+
+def test_category_reranking_equals_its_definition_within_the_shortlist() -> None:
+    """power normalisation, local DBA and alpha-QE among the first ``shortlist`` results, computed
+    plainly in numpy, give the same order as :func:`rerank.retrieve`; the tail keeps its plain order."""
+    rng = np.random.default_rng(7)
+    db = rerank.l2_normalise(np.abs(rng.normal(size=(120, 12))).astype(np.float32))  # ReLU features
+    ids = np.arange(500, 620)
+    probe = rerank.l2_normalise(np.abs(rng.normal(size=(1, 12))).astype(np.float32))
+    settings = rerank.RerankSettings(dba_k=3, qe_k=2, shortlist=40, dba_local=True, power=0.5)
+    got = rerank.retrieve(rerank.matrix_search(db, ids), lambda i: db[np.asarray(i) - 500], probe, 40, settings)
+
+    plain_order = np.argsort(-(db @ probe[0]), kind="stable")[:40]
+    z = np.sqrt(db[plain_order])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    q = np.sqrt(probe[0]) / np.linalg.norm(np.sqrt(probe[0]))
+    sims = z @ z.T
+    np.fill_diagonal(sims, -np.inf)
+    augmented = z.copy()
+    for r in range(len(z)):
+        nb = np.argsort(-sims[r])[:3]
+        augmented[r] += (np.maximum(sims[r, nb], 0) ** 3) @ z[nb]
+    augmented /= np.linalg.norm(augmented, axis=1, keepdims=True)
+    first = augmented @ q
+    top = np.argsort(-first, kind="stable")[:2]
+    expanded = q + (first[top] ** 3) @ augmented[top]
+    final = augmented @ (expanded / np.linalg.norm(expanded))
+    want = ids[plain_order[np.argsort(-final, kind="stable")]]
+    assert got.ids.tolist() == want.tolist()
+    assert set(got.ids.tolist()) == set(ids[plain_order].tolist())  # re-ranked within the shortlist only
+
+
+def test_presets_are_named_and_the_category_preset_is_reachable_from_the_cli(
+    holidays_subset: dict, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    assert rerank.preset(None) is rerank.PRESETS["instance"]
+    with pytest.raises(ValueError, match="category"):
+        rerank.preset("species")
+    category = rerank.settings(preset_name="category")
+    assert category.power == 0.5 and category.qe_k and category.dba_k and category.shortlist >= 100
+    assert rerank.settings(expand=False, augment=False, preset_name="category").active  # power alone re-ranks
+    probe = holidays_subset["folder"] / "100200.jpg"
+    with Library.open(holidays_subset["library"]) as lib:
+        instance = lib.query([probe], k=5)[0]
+        kind = lib.query([probe], k=5, preset="category")[0]
+    assert not kind.embedded and len(kind.results) == 5
+    assert Path(instance.results[0].path).name == "100201.jpg"
+    assert [h.path for h in kind.results] != [h.path for h in instance.results]  # another ranking
+    base = [sys.executable, "-m", "searcher", "query", str(probe), "-k", "3", "--json",
+            "--library", str(holidays_subset["library"])]  # fmt: skip
+    proc = subprocess.run([*base, "--preset", "category"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)[0]["results"]) == 3
+    bad = subprocess.run([*base, "--preset", "species"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "instance, category" in bad.stderr

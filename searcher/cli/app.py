@@ -80,8 +80,8 @@ def handle_errors(func: F) -> F:
         _tolerate_odd_names()
         try:
             return func(*args, **kwargs)
-        except typer.Exit:
-            raise
+        except (typer.Exit, typer.BadParameter):
+            raise  # exit codes, and usage errors (exit 2 with the usage line)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(EXIT_INTERRUPTED) from None

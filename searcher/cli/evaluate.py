@@ -47,6 +47,13 @@ def eval_command(
     protocol: Annotated[str, typer.Option(help="auto (queries when the file has them), queries, or groups.")] = "auto",
     top: Annotated[str, typer.Option("-k", "--at", help="Cut-offs for precision@k and recall@k.")] = "1,5,10",
     plain: Annotated[bool, typer.Option("--plain", help="Turn every re-ranking technique off (baseline).")] = False,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Defaults of the techniques, as `searcher query --preset`: instance (same scene or object) "
+            "or category (same kind of thing).",
+        ),
+    ] = "instance",
     invariant: Annotated[
         str | None,
         typer.Option(help="Probe transforms: none, rotations, all (rotations and flips). Default: rotations."),
@@ -112,15 +119,19 @@ def eval_command(
 
     Every ground-truth query ranks every other image of FOLDER (the query itself is removed from its
     own ranking); probes are embedded as a new photo would be (rotated views with --invariant).
-    Default techniques: rotation-invariant probes (also without a solid frame) and DBA (k=2);
-    --plain turns them off. With --near-duplicates: probes in all 8 rotations/flips, no DBA.
+    Default techniques (--preset instance): rotation-invariant probes (also without a solid frame)
+    and DBA (k=2); --preset category: square-rooted vectors, DBA (k=5) and alpha-QE (k=5) over the
+    first 500 results; --plain turns them off. With --near-duplicates: probes in all 8
+    rotations/flips, no DBA.
     """
     from searcher import rerank
     from searcher.cli.progress import RichProgress
     from searcher.evaluate import GroundTruth, RetrievalOptions, evaluate_folder, near_duplicate_benchmark
 
     ks = tuple(int(k) for k in (_floats(top, "--at") or (1, 5, 10)))
-    d = rerank.DEFAULTS
+    if preset not in rerank.PRESETS:
+        raise typer.BadParameter(f"--preset must be one of: {', '.join(rerank.PRESETS)}")
+    d = rerank.PRESETS[preset]
     dup = near_duplicates > 0  # duplicate search: rotations and flips, no re-ranking (DBA blurs copies)
     default_invariant = "none" if plain else ("all" if dup else d.invariant)
     opts = RetrievalOptions(
@@ -137,6 +148,7 @@ def eval_command(
         trim=trim if trim is not None else (d.trim and not plain),
         margin=d.margin,
         dba_local=d.dba_local and not dba_global,
+        power=1.0 if plain or dup else d.power,
     )
     if mode not in ("squash", "aspect"):
         raise typer.BadParameter("--mode must be squash or aspect")
