@@ -104,6 +104,7 @@ class Hit:
     width: int | None
     height: int | None
     image_id: int
+    verified: float | None = None  # pixel verification score (``query(verify=N)``): 1 = same picture
 
 
 @dataclass
@@ -123,6 +124,7 @@ class QueryResult:
                     "score": round(h.score, 6),
                     "width": h.width,
                     "height": h.height,
+                    **({} if h.verified is None else {"verified": round(h.verified, 4)}),
                 }
                 for h in self.results
             ],
@@ -130,6 +132,23 @@ class QueryResult:
         if self.error:
             out["error"] = self.error
         return out
+
+
+def verified_order(probe: str, hits: list[Hit], top: int) -> list[Hit]:
+    """``hits`` with the first ``top`` re-ranked by pixel verification against ``probe`` (best
+    first, ties keep their order) and their ``verified`` score set; the rest follow unchanged."""
+    from searcher.verify import FeatureCache, verify_symmetric
+
+    cache = FeatureCache(capacity=top + 1)
+    mine = cache.get(probe)
+    head, tail = hits[:top], hits[top:]
+    for hit in head:
+        theirs = cache.get(hit.path) if mine is not None else None
+        hit.verified = verify_symmetric(mine, theirs).score if mine is not None and theirs is not None else 0.0
+    head.sort(key=lambda h: (-(h.verified or 0.0), h.rank))
+    for rank, hit in enumerate([*head, *tail], 1):
+        hit.rank = rank
+    return [*head, *tail]
 
 
 @dataclass
@@ -739,6 +758,7 @@ class Library:
         expand: bool | None = None,
         augment: bool | None = None,
         preset: str | None = None,
+        verify: int = 0,
     ) -> list[QueryResult]:
         """Nearest neighbours of each probe image (files or folders of images), best first.
 
@@ -756,6 +776,12 @@ class Library:
         force a choice. ``augment``: database-side augmentation (DBA) of the
         shortlist; ``expand``: alpha query expansion. ``Hit.score`` stays the plain cosine
         similarity (of the probe's view that matched); re-ranking only changes the order.
+
+        ``verify``: re-rank the first ``verify`` results by pixel verification (SIFT matches, a
+        similarity transform, aligned pixel correlation: :mod:`searcher.verify`, as ``searcher
+        duplicates`` confirms copies), best verified first; ``Hit.verified`` holds the score. It finds
+        the original of an edited copy (near-duplicate recall@1 0.96 -> 0.99 in the README) for
+        about 20 ms per verified result.
         """
         from searcher import rerank
 
@@ -823,6 +849,8 @@ class Library:
             exclude = [None if include_self else self_ids.get(p) for p in ok]
             found = self.search_probes([vectors[p] for p in ok], k, model=model, exclude=exclude, settings=settings)
             results = dict(zip(ok, found, strict=True))
+            if verify > 0:
+                results = {p: verified_order(p, hits, verify) for p, hits in results.items()}
         return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
 
     def search_vectors(

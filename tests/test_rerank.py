@@ -238,3 +238,31 @@ def test_presets_are_named_and_the_category_preset_is_reachable_from_the_cli(
     assert len(json.loads(proc.stdout)[0]["results"]) == 3
     bad = subprocess.run([*base, "--preset", "species"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "instance, category" in bad.stderr
+
+
+def test_verify_reranks_the_first_results_by_pixel_verification(holidays_subset: dict, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    source = holidays_subset["folder"] / "100000.jpg"  # its group holds other shots of the same scene
+    probe = tmp_path / "copy.jpg"
+    apply_edit(Image.open(source).convert("RGB"), "combo_web", np.random.default_rng(3)).save(probe, quality=80)
+    with Library.open(holidays_subset["library"]) as lib:
+        result = lib.query([probe], k=6, verify=4)[0]
+    head, tail = result.results[:4], result.results[4:]
+    assert [h.rank for h in result.results] == list(range(1, 7))
+    assert Path(head[0].path).name == "100000.jpg"
+    # measured: the copy's cosine to another shot of the scene (100002, 0.645) beats its source's (0.615);
+    # verification scores the source 0.46 and every other shot 0
+    assert head[0].verified > 0.3 > max(h.verified for h in head[1:])  # other shots are not this picture
+    assert [h.verified for h in head] == sorted((h.verified for h in head), reverse=True)
+    assert all(h.verified is None for h in tail)
+    cmd = [sys.executable, "-m", "searcher", "query", str(probe), "-k", "3", "--verify", "2", "--json",
+           "--library", str(holidays_subset["library"])]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)[0]["results"]
+    assert Path(rows[0]["path"]).name == "100000.jpg" and rows[0]["verified"] > 0.3 and "verified" not in rows[2]
