@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from searcher.files import absolute, content_hash
+from searcher.files import absolute, content_hash, fsync_dir
 
 if TYPE_CHECKING:
     from searcher.duplicates import DuplicateReport
@@ -96,17 +96,6 @@ def read_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
 # --- journal helpers ---------------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """An append-only JSON-lines file; every record is flushed and fsynced before returning."""
 
@@ -164,8 +153,8 @@ def _move(src: Path, dst: Path) -> None:
                 pass
             raise
         os.unlink(src)
-    _fsync_dir(dst.parent)
-    _fsync_dir(src.parent)
+    fsync_dir(dst.parent)
+    fsync_dir(src.parent)
 
 
 def _quarantine_path(batch_dir: Path, original: str) -> Path:

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -55,11 +56,15 @@ def model_identity(spec: BackboneSpec, weights: str | None = "imagenet", pooling
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
-    resolved = resolve_weights(spec, weights)
+    return _identity_of(spec, resolve_weights(spec, weights), pooling)
+
+
+def _identity_of(spec: BackboneSpec, resolved_weights: str | None, pooling: str) -> ModelIdentity:
+    """The identity of ``spec`` with a resolved weights file (``None`` = random weights)."""
     return ModelIdentity(
         backbone=spec.name,
-        weights_sha256=weights_checksum(resolved, spec),
-        weights_source=resolved or "random",
+        weights_sha256=weights_checksum(resolved_weights, spec),
+        weights_source=resolved_weights or "random",
         preprocess_version=f"{PREPROCESS_VERSION}:{spec.preprocess_id}",
         pooling=pooling,
         dim=spec.dim,
@@ -122,6 +127,21 @@ def _float16_policy(enabled: bool) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+def pooled_unit_vectors(fmap: Any, pooling: str) -> Any:
+    """Pool a (batch, h, w, channels) feature map to one L2-normalised vector per image: ``avg``,
+    ``max`` or ``gem`` (generalised mean, p = :data:`GEM_P`). Traced inside ``tf.function``."""
+    import tensorflow as tf
+
+    fmap = tf.cast(fmap, tf.float32)
+    if pooling == "avg":
+        pooled = tf.reduce_mean(fmap, axis=[1, 2])
+    elif pooling == "max":
+        pooled = tf.reduce_max(fmap, axis=[1, 2])
+    else:
+        pooled = tf.pow(tf.reduce_mean(tf.pow(tf.maximum(fmap, 1e-6), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
+    return tf.math.l2_normalize(pooled, axis=1)
+
+
 class Embedder:
     """A backbone ready to embed batches of uint8 RGB images of its input size."""
 
@@ -152,27 +172,12 @@ class Embedder:
             _gpu_memory_growth(tf)
         with _float16_policy(self.gpu and self.spec.mixed_precision):  # CPU: float32, unchanged
             self.model = self.spec.build(resolved, (size, size, 3))
-        self.identity = identity or ModelIdentity(
-            backbone=self.spec.name,
-            weights_sha256=weights_checksum(resolved, self.spec),
-            weights_source=resolved or "random",
-            preprocess_version=f"{PREPROCESS_VERSION}:{self.spec.preprocess_id}",
-            pooling=pooling,
-            dim=self.spec.dim,
-        )
+        self.identity = identity or _identity_of(self.spec, resolved, pooling)
         preprocess = self.spec.preprocess
         model = self.model
 
         def forward(batch: tf.Tensor) -> tf.Tensor:
-            x = preprocess(tf.cast(batch, tf.float32))
-            fmap = tf.cast(model(x, training=False), tf.float32)
-            if pooling == "avg":
-                pooled = tf.reduce_mean(fmap, axis=[1, 2])
-            elif pooling == "max":
-                pooled = tf.reduce_max(fmap, axis=[1, 2])
-            else:
-                pooled = tf.pow(tf.reduce_mean(tf.pow(tf.maximum(fmap, 1e-6), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
-            return tf.math.l2_normalize(pooled, axis=1)
+            return pooled_unit_vectors(model(preprocess(tf.cast(batch, tf.float32)), training=False), pooling)
 
         self._forward = tf.function(
             forward,
@@ -234,14 +239,7 @@ class Embedder:
             preprocess, pooling = self.spec.preprocess, self.pooling
 
             def forward(batch: tf.Tensor) -> tf.Tensor:
-                fmap = tf.cast(model(preprocess(tf.cast(batch, tf.float32)), training=False), tf.float32)
-                if pooling == "avg":
-                    pooled = tf.reduce_mean(fmap, axis=[1, 2])
-                elif pooling == "max":
-                    pooled = tf.reduce_max(fmap, axis=[1, 2])
-                else:
-                    pooled = tf.pow(tf.reduce_mean(tf.pow(tf.maximum(fmap, 1e-6), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
-                return tf.math.l2_normalize(pooled, axis=1)
+                return pooled_unit_vectors(model(preprocess(tf.cast(batch, tf.float32)), training=False), pooling)
 
             self._dyn_model = model
             self._dyn_forward = tf.function(
