@@ -298,3 +298,31 @@ def test_disk_full(tmp_path: Path) -> None:
     check = json.loads(read("check2.out"))
     assert read("check2.rc").strip() == "0" and check["images"] == 60 and check["issues"] == []
     assert check["models"][0]["vectors"] == 60 == check["models"][0]["index_vectors"]
+
+
+def test_ctrl_c_while_the_command_line_starts_prints_no_traceback(tmp_path: Path) -> None:
+    """SIGINT at several moments of start-up (Python importing, then the command running): one short
+    line or nothing, exit 130 (or killed by the signal before Python's handler exists), never a
+    traceback from searcher's code. (Python's own start-up, its ``site`` module and the console
+    script's line that imports the two small package ``__init__`` files, the first ~50 ms, can still
+    print Python's traceback.)"""
+    import re
+
+    package_inits = ("/searcher/__init__.py", "/searcher/cli/__init__.py")
+
+    exe = Path(sys.executable).with_name("searcher")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "searcher"]
+    outcomes = []
+    for delay in (0.02, 0.08, 0.15, 0.25, 0.4, 0.6):
+        proc = subprocess.Popen(
+            [*command, "info", "--library", str(tmp_path / "none")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        text = err.decode(errors="replace")
+        ours = [f for f in re.findall(r'File "([^"]*/searcher/[^"]*\.py)"', text) if not f.endswith(package_inits)]
+        assert not ours and "main()" not in text, (delay, text)
+        outcomes.append(proc.returncode)
+        assert proc.returncode in (130, -signal.SIGINT, 1), (delay, proc.returncode, text)  # 1: it had finished
+    assert 130 in outcomes  # at least one interrupt landed while searcher was running
