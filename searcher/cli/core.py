@@ -179,6 +179,13 @@ def query(
 ) -> None:
     """Find the indexed images most similar to each probe (score = cosine similarity, 1 = identical).
 
+    The order is the re-ranked one (--preset), so a lower cosine can rank above a higher one;
+    --no-dba --invariant none gives the plain cosine order. Examples:
+
+      searcher query copy.jpg --verify 10        # find the original of an edited copy
+
+      searcher query tulip.jpg --preset category # the same kind of flower, not the same photo
+
     Exit code 1 when a probe cannot be read (the others are still answered). With --duplicates-only:
     exit code 0 when no probe is already in the library, 3 when some are.
     """
