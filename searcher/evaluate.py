@@ -537,6 +537,9 @@ class NearDuplicateReport:
     seconds: dict[str, float] = field(default_factory=dict)
     misses: list[dict[str, Any]] = field(default_factory=list)  # copies whose source is not first
     verify_top: int = 0
+    # with verify_top: pairs (copy, one of its first verify_top results) called duplicates at the
+    # model's shipped threshold, as `searcher duplicates` calls them: precision and recall
+    pairs: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -550,6 +553,7 @@ class NearDuplicateReport:
             "options": self.options.as_dict(),
             "verify_top": self.verify_top,
             "overall": self.overall,
+            **({"pairs": self.pairs} if self.pairs else {}),
             "per_kind": self.per_kind,
             "misses": self.misses,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -612,6 +616,12 @@ def near_duplicate_benchmark(
     tmp = tempfile.TemporaryDirectory(prefix="searcher-neardup-") if workdir is None else None
     hits: dict[str, list[int]] = {k: [] for k in kinds}  # 0-based rank of the source, or 10 when beyond
     misses = []
+    found_at_threshold: dict[str, list[bool]] = {k: [] for k in kinds}  # source called a duplicate
+    wrong_pairs = 0  # other images called duplicates of a copy
+    if verify_top:
+        from searcher.duplicates import thresholds_for
+
+        th = thresholds_for(model)
     try:
         out_dir = workdir if workdir is not None else tmp.name  # type: ignore[union-attr]
         started = time.monotonic()
@@ -628,7 +638,11 @@ def near_duplicate_benchmark(
             ranked = ranker.rank(variants, k=10)
             order = ranked.ids
             if verifier is not None:
-                order = verifier.rerank(entry["copy"], order, path_of, verify_top)
+                order, verified = verifier.rerank(entry["copy"], order, path_of, verify_top)
+                cosine = dict(zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True))
+                called = {i for i, v in verified.items() if v >= th.verified and cosine[i] >= th.candidate_cosine}
+                found_at_threshold[entry["kind"]].append(id_of[entry["source"]] in called)
+                wrong_pairs += len(called - {id_of[entry["source"]]})
             where = np.flatnonzero(order == id_of[entry["source"]])
             rank = int(where[0]) if len(where) else 10
             hits[entry["kind"]].append(rank)
@@ -650,11 +664,22 @@ def near_duplicate_benchmark(
             **{f"recall@{k}": round(float(np.mean(arr < k)), 6) if len(arr) else 0.0 for k in (1, 5, 10)},
         }
 
+    per_kind = {k: recalls(v) for k, v in hits.items()}
+    pairs: dict[str, Any] = {}
+    if verify_top:
+        for kind, found_list in found_at_threshold.items():
+            per_kind[kind]["recall_at_threshold"] = round(float(np.mean(found_list)), 6) if found_list else 0.0
+        right = sum(sum(v) for v in found_at_threshold.values())
+        pairs = {
+            "threshold": th.verified, "threshold_source": th.source, "candidate_cosine": th.candidate_cosine,
+            "right_pairs": right, "wrong_pairs": wrong_pairs,
+            "precision": round(right / (right + wrong_pairs), 6) if right + wrong_pairs else 1.0,
+            "recall": round(right / len(manifest), 6) if manifest else 0.0,
+        }  # fmt: skip
     return NearDuplicateReport(
         folder=root, backbone=model.backbone, model_key=model.key, sources=len(chosen), copies=len(manifest),
-        images=len(ids), options=options, per_kind={k: recalls(v) for k, v in hits.items()},
-        overall=recalls([r for v in hits.values() for r in v]), seed=seed, seconds=seconds, misses=misses,
-        verify_top=verify_top,
+        images=len(ids), options=options, per_kind=per_kind, overall=recalls([r for v in hits.values() for r in v]),
+        seed=seed, seconds=seconds, misses=misses, verify_top=verify_top, pairs=pairs,
     )  # fmt: skip
 
 
@@ -666,7 +691,10 @@ class _Verifier:
 
         self.cache = FeatureCache()
 
-    def rerank(self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int) -> np.ndarray:
+    def rerank(
+        self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int
+    ) -> tuple[np.ndarray, dict[int, float]]:
+        """The new order, and the verified score of each of the first ``top`` ids."""
         from searcher.verify import verify_symmetric
 
         fp = self.cache.get(probe)
@@ -676,4 +704,5 @@ class _Verifier:
             fc = self.cache.get(path_of[i])
             scores.append(verify_symmetric(fp, fc).score if fp is not None and fc is not None else 0.0)
         best = sorted(range(len(head)), key=lambda j: (-scores[j], j))  # ties keep the CNN order
-        return np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)
+        new_order = np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)
+        return new_order, dict(zip(head, scores, strict=True))

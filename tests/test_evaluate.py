@@ -187,3 +187,11 @@ def test_near_duplicate_benchmark_with_pixel_verification(holidays_subset: dict)
         )  # fmt: skip
     assert report.verify_top == 5 and report.as_dict()["verify_top"] == 5
     assert report.overall["recall@1"] == 1.0, report.misses
+    # pairs called duplicates at the shipped threshold, as `searcher duplicates` would: every copy's
+    # source is called a duplicate. One wrong pair is a known limit: the random crop of 101400 (a wide
+    # sunset) verifies at 0.96 against 101401, a zoomed shot of the same sunset moments later.
+    pairs = report.pairs
+    assert pairs["threshold_source"] == "shipped calibration" and 0.5 < pairs["threshold"] < 1
+    assert pairs["right_pairs"] == 4 and pairs["recall"] == 1.0 and pairs["wrong_pairs"] <= 1
+    assert pairs["precision"] == round(4 / (4 + pairs["wrong_pairs"]), 6)
+    assert all(r["recall_at_threshold"] == 1.0 for r in report.per_kind.values())

@@ -208,11 +208,20 @@ def _print_near_duplicates(report, json_output: bool) -> None:  # report: NearDu
         title_justify="left",
         header_style="bold",
     )
-    for col in ("edit", "copies", "recall@1", "recall@5", "recall@10"):
+    pairs = report.pairs
+    columns = ["edit", "copies", "recall@1", "recall@5", "recall@10", *(["found at threshold"] if pairs else [])]
+    for col in columns:
         table.add_column(col, justify="left" if col == "edit" else "right")
-    rows = [*report.per_kind.items(), ("[bold]all[/]", report.overall)]
-    for kind, r in rows:
-        table.add_row(kind, str(r["copies"]), *(f"{r[f'recall@{k}']:.3f}" for k in (1, 5, 10)))
+    overall = {**report.overall, **({"recall_at_threshold": pairs["recall"]} if pairs else {})}
+    for kind, r in [*report.per_kind.items(), ("[bold]all[/]", overall)]:
+        at_threshold = [f"{r['recall_at_threshold']:.3f}"] if pairs else []
+        table.add_row(kind, str(r["copies"]), *(f"{r[f'recall@{k}']:.3f}" for k in (1, 5, 10)), *at_threshold)
     console.print(table)
     verified = f" + pixel verification of the top {report.verify_top}" if report.verify_top else ""
     console.print(f"techniques: {report.options.describe()}{verified}")
+    if pairs:
+        console.print(
+            f"pairs called duplicates at the {pairs['threshold_source']} threshold {pairs['threshold']:g}: "
+            f"{pairs['right_pairs']} right, {pairs['wrong_pairs']} wrong: precision {pairs['precision']:.4f}, "
+            f"recall {pairs['recall']:.4f}"
+        )
