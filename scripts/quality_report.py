@@ -43,6 +43,7 @@ BACKBONES = {
     "efficientnet_lite2": None,
     "mobilenet_v2": SHARED / "weights" / "mobilenet_v2_1.0_224.weights.h5",
     "mobilenet": SHARED / "weights" / "mobilenet_1.0_224.weights.h5",
+    "mobilenet_025_128": SHARED / "weights" / "mobilenet_0.25_128.weights.h5",
 }
 
 
