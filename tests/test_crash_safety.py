@@ -315,7 +315,11 @@ def test_ctrl_c_while_the_command_line_starts_prints_no_traceback(tmp_path: Path
     outcomes = []
     for delay in (0.02, 0.08, 0.15, 0.25, 0.4, 0.6):
         proc = subprocess.Popen(
-            [*command, "info", "--library", str(tmp_path / "none")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [*command, "info", "--library", str(tmp_path / "none")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # a job started in the background by a shell inherits SIGINT ignored: give the child the default
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
