@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -617,7 +618,7 @@ def near_duplicate_benchmark(
     hits: dict[str, list[int]] = {k: [] for k in kinds}  # 0-based rank of the source, or 10 when beyond
     misses = []
     found_at_threshold: dict[str, list[bool]] = {k: [] for k in kinds}  # source called a duplicate
-    wrong_pairs = 0  # other images called duplicates of a copy
+    wrong_pairs: list[dict[str, Any]] = []  # other images called duplicates of a copy
     if verify_top:
         from searcher.duplicates import thresholds_for
 
@@ -642,7 +643,15 @@ def near_duplicate_benchmark(
                 cosine = dict(zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True))
                 called = {i for i, v in verified.items() if v >= th.verified and cosine[i] >= th.candidate_cosine}
                 found_at_threshold[entry["kind"]].append(id_of[entry["source"]] in called)
-                wrong_pairs += len(called - {id_of[entry["source"]]})
+                for i in sorted(called - {id_of[entry["source"]]}):
+                    wrong_pairs.append(
+                        {
+                            "source": entry["source"],
+                            "kind": entry["kind"],
+                            "called": path_of[i],
+                            "verified": verified[i],
+                        }
+                    )
             where = np.flatnonzero(order == id_of[entry["source"]])
             rank = int(where[0]) if len(where) else 10
             hits[entry["kind"]].append(rank)
@@ -672,9 +681,12 @@ def near_duplicate_benchmark(
         right = sum(sum(v) for v in found_at_threshold.values())
         pairs = {
             "threshold": th.verified, "threshold_source": th.source, "candidate_cosine": th.candidate_cosine,
-            "right_pairs": right, "wrong_pairs": wrong_pairs,
-            "precision": round(right / (right + wrong_pairs), 6) if right + wrong_pairs else 1.0,
+            "right_pairs": right, "wrong_pairs": len(wrong_pairs),
+            "precision": round(right / (right + len(wrong_pairs)), 6) if right + len(wrong_pairs) else 1.0,
             "recall": round(right / len(manifest), 6) if manifest else 0.0,
+            # which pairs of originals the wrong calls come from (source -> other image: how many copies)
+            "wrong_by_source": dict(Counter(f"{w['source']} -> {w['called']}" for w in wrong_pairs).most_common()),
+            "wrong": wrong_pairs[:200],
         }  # fmt: skip
     return NearDuplicateReport(
         folder=root, backbone=model.backbone, model_key=model.key, sources=len(chosen), copies=len(manifest),
