@@ -273,9 +273,9 @@ class Preset:
 # test machine, against 0.07 s for the search itself.
 #
 # ``category``: chosen on one half of Flowers-17 (40 photos of each species), confirmed on the other
-# half (P@10 0.737 -> 0.811 there): square-rooted vectors, DBA with 5 neighbours and alpha-QE with 5,
-# all within the first 500 results. It costs instance retrieval dearly (Holidays mAP 0.86 -> 0.78),
-# so it is a choice, never the default.
+# half (P@10 0.737 -> 0.812 there; scripts/tune_category.py): square-rooted vectors, DBA with 5
+# neighbours and alpha-QE with 5, all within the first 500 results. It costs instance retrieval
+# dearly (Holidays mAP 0.86 -> 0.78), so it is a choice, never the default.
 PRESETS: dict[str, Preset] = {
     "instance": Preset(
         "instance",
