@@ -696,7 +696,8 @@ def near_duplicate_benchmark(
 
 
 class _Verifier:
-    """Re-ranks CNN candidates by the duplicates module's pixel verification score (features cached)."""
+    """Re-ranks CNN candidates by the duplicates module's pixel verification score (features cached
+    across probes: the same sources come back again and again)."""
 
     def __init__(self) -> None:
         from searcher.verify import FeatureCache
@@ -707,14 +708,10 @@ class _Verifier:
         self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int
     ) -> tuple[np.ndarray, dict[int, float]]:
         """The new order, and the verified score of each of the first ``top`` ids."""
-        from searcher.verify import verify_symmetric
+        from searcher.verify import verified_scores
 
-        fp = self.cache.get(probe)
         head = [int(i) for i in order[:top]]
-        scores = []
-        for i in head:
-            fc = self.cache.get(path_of[i])
-            scores.append(verify_symmetric(fp, fc).score if fp is not None and fc is not None else 0.0)
+        scores = verified_scores(probe, [path_of[i] for i in head], self.cache)
         best = sorted(range(len(head)), key=lambda j: (-scores[j], j))  # ties keep the CNN order
         new_order = np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)
         return new_order, dict(zip(head, scores, strict=True))

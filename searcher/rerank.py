@@ -292,7 +292,7 @@ PRESETS: dict[str, Preset] = {
         qe_k=5,
         shortlist=500,
         power=0.5,
-    ),  # fmt: skip
+    ),
 }
 DEFAULTS = PRESETS["instance"]
 
@@ -462,13 +462,19 @@ def retrieve(
     if settings.qe_k and len(ranked.ids):
         top = min(settings.qe_k, len(ranked.ids))
         neighbours = head_vectors[:top] if head_vectors is not None else cache.vectors(ranked.ids[:top])
-        weights = expansion_weights(ranked.scores[:top], settings.qe_alpha)
-        expanded = variants.copy()
-        for x, w, v in zip(neighbours, weights, ranked.variant[:top], strict=True):
-            expanded[v] += w * x
-        expanded = l2_normalise(expanded)
+        expanded = _expanded_probes(variants, ranked, neighbours, settings.qe_alpha)
         ranked, _ = dba_pass(expanded, invariant_search(search, expanded, depth, exclude, settings.margin))
     return Ranked(ranked.scores[:k], ranked.ids[:k], ranked.variant[:k])
+
+
+def _expanded_probes(probes: np.ndarray, ranked: Ranked, neighbours: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha-QE: each probe view plus the first results it matched (``neighbours``: their vectors,
+    in ``ranked`` order), weighted by ``score ** alpha``, re-normalised."""
+    expanded = probes.copy()
+    weights = expansion_weights(ranked.scores[: len(neighbours)], alpha)
+    for x, w, v in zip(neighbours, weights, ranked.variant[: len(neighbours)], strict=True):
+        expanded[v] += w * x
+    return l2_normalise(expanded)
 
 
 def _rerank_shortlist(
@@ -487,11 +493,9 @@ def _rerank_shortlist(
     if settings.qe_k:
         row = {int(i): r for r, i in enumerate(first.ids)}
         top = min(settings.qe_k, len(ranked.ids))
-        expanded = probes.copy()
-        weights = expansion_weights(ranked.scores[:top], settings.qe_alpha)
-        for i, w, v in zip(ranked.ids[:top], weights, ranked.variant[:top], strict=True):
-            expanded[v] += w * database[row[int(i)]]
-        ranked = _rescore(l2_normalise(expanded), first, database, len(first.ids), settings.margin)
+        neighbours = database[[row[int(i)] for i in ranked.ids[:top]]]
+        expanded = _expanded_probes(probes, ranked, neighbours, settings.qe_alpha)
+        ranked = _rescore(expanded, first, database, len(first.ids), settings.margin)
     return Ranked(ranked.scores[:k], ranked.ids[:k], ranked.variant[:k])
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,3 +340,16 @@ def verify_symmetric(fa: Features, fb: Features) -> Verification:
         return one
     two = verify_features(fb, fa)
     return two if two.score > one.score else one
+
+
+def verified_scores(probe: str, candidates: Sequence[str], cache: FeatureCache) -> list[float]:
+    """The verified score of each candidate file against ``probe`` (0 where either cannot be read:
+    a broken or vanished file is simply not a copy). Features come from, and stay in, ``cache``."""
+    mine = cache.get(probe)
+    if mine is None:
+        return [0.0] * len(candidates)
+    scores = []
+    for path in candidates:
+        theirs = cache.get(path)
+        scores.append(verify_symmetric(mine, theirs).score if theirs is not None else 0.0)
+    return scores

@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from searcher.cli.app import DebugOption, JsonOption, app, console, handle_errors, open_library, print_json
+from searcher.cli.app import (
+    DebugOption,
+    JsonOption,
+    PresetOption,
+    app,
+    console,
+    handle_errors,
+    open_library,
+    print_json,
+)
 
 
 def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
@@ -47,13 +56,7 @@ def eval_command(
     protocol: Annotated[str, typer.Option(help="auto (queries when the file has them), queries, or groups.")] = "auto",
     top: Annotated[str, typer.Option("-k", "--at", help="Cut-offs for precision@k and recall@k.")] = "1,5,10",
     plain: Annotated[bool, typer.Option("--plain", help="Turn every re-ranking technique off (baseline).")] = False,
-    preset: Annotated[
-        str,
-        typer.Option(
-            help="Defaults of the techniques, as `searcher query --preset`: instance (same scene or object) "
-            "or category (same kind of thing).",
-        ),
-    ] = "instance",
+    preset: PresetOption = "instance",
     invariant: Annotated[
         str | None,
         typer.Option(help="Probe transforms: none, rotations, all (rotations and flips). Default: rotations."),
@@ -129,8 +132,6 @@ def eval_command(
     from searcher.evaluate import GroundTruth, RetrievalOptions, evaluate_folder, near_duplicate_benchmark
 
     ks = tuple(int(k) for k in (_floats(top, "--at") or (1, 5, 10)))
-    if preset not in rerank.PRESETS:
-        raise typer.BadParameter(f"--preset must be one of: {', '.join(rerank.PRESETS)}")
     d = rerank.PRESETS[preset]
     dup = near_duplicates > 0  # duplicate search: rotations and flips, no re-ranking (DBA blurs copies)
     default_invariant = "none" if plain else ("all" if dup else d.invariant)
