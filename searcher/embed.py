@@ -179,11 +179,19 @@ class Embedder:
         def forward(batch: tf.Tensor) -> tf.Tensor:
             return pooled_unit_vectors(model(preprocess(tf.cast(batch, tf.float32)), training=False), pooling)
 
+        def feature_maps(batch: tf.Tensor) -> tf.Tensor:
+            return tf.cast(model(preprocess(tf.cast(batch, tf.float32)), training=False), tf.float32)
+
         self._forward = tf.function(
             forward,
             input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
             reduce_retracing=True,
         )
+        self._feature_maps = tf.function(
+            feature_maps,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
+            reduce_retracing=True,
+        )  # traced on first use (regional descriptors, checks), not at start-up
         self.embed(np.zeros((1, size, size, 3), np.uint8))  # trace once now, not on the first real batch
 
     @property
@@ -199,6 +207,14 @@ class Embedder:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         return self._forward(np.ascontiguousarray(images, dtype=np.uint8)).numpy().astype(np.float32)
+
+    def feature_maps(self, images: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 -> (n, h, w, dim) float32: the backbone's last feature map, before
+        pooling (what :meth:`embed` pools; for regional descriptors and runtime checks)."""
+        if len(images) == 0:
+            h = w = max(1, self.spec.input_size // 32)
+            return np.zeros((0, h, w, self.dim), np.float32)
+        return self._feature_maps(np.ascontiguousarray(images, dtype=np.uint8)).numpy()
 
     def embed_images(self, images: Sequence[PILImage.Image], *, mode: str = "squash", scales: Sequence[float] = (1.0,)):
         """PIL RGB images -> (n, dim) unit vectors, one model call per image and scale (slower than

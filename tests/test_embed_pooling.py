@@ -65,3 +65,15 @@ def test_aspect_mode_keeps_the_shape_and_squash_mode_equals_embed(weights: str, 
     assert np.allclose(aspect, want / np.linalg.norm(want), atol=1e-3)
     multi = embedder.embed_images([wide], mode="aspect", scales=(0.75, 1.0))[0]
     assert np.isclose(np.linalg.norm(multi), 1.0, atol=1e-5) and not np.allclose(multi, aspect, atol=1e-3)
+
+
+def test_feature_maps_are_what_embed_pools(weights: str, photos: list[Image.Image]) -> None:
+    embedder = Embedder("mobilenet_025_128", weights=weights, pooling="avg")
+    pixels = np.stack([np.asarray(p.resize(embedder.input_size, Image.Resampling.BILINEAR)) for p in photos])
+    fmap = embedder.feature_maps(pixels)
+    assert fmap.shape == (3, 4, 4, 256) and fmap.dtype == np.float32
+    np.testing.assert_allclose(fmap, _feature_maps(embedder, pixels), rtol=1e-4, atol=1e-4)
+    pooled = fmap.mean(axis=(1, 2))
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled, embedder.embed(pixels), atol=1e-5)
+    assert embedder.feature_maps(pixels[:0]).shape[0] == 0
