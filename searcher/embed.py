@@ -143,7 +143,10 @@ def pooled_unit_vectors(fmap: Any, pooling: str) -> Any:
 
 
 class Embedder:
-    """A backbone ready to embed batches of uint8 RGB images of its input size."""
+    """A backbone ready to embed batches of uint8 RGB images of its input size (on TensorFlow;
+    :class:`searcher.runtime.onnx_embedder.OnnxEmbedder` is the ONNX Runtime twin, same interface)."""
+
+    runtime = "tensorflow"
 
     def __init__(
         self,

@@ -162,24 +162,54 @@ class Library:
             counts = {r.id: session.scalar(select(func.count()).where(EmbeddingRow.model_id == r.id)) for r in rows}
             return max(rows, key=lambda r: (counts[r.id], r.id))
 
-    def embedder_for(self, model: ModelRow) -> Embedder:
-        """A loaded network that produces vectors comparable with ``model``'s (built once, kept)."""
-        if model.key not in self._embedders:
-            from searcher.embed import cached_embedder
+    def embedder_for(self, model: ModelRow, runtime: str | None = None) -> Embedder:
+        """A loaded network that produces vectors comparable with ``model``'s (built once, kept).
 
+        ``runtime``: ``tensorflow``, ``onnxruntime`` or ``auto`` (default: ``--runtime`` /
+        ``$SEARCHER_RUNTIME`` / ``auto``); see :mod:`searcher.runtime`. Either gives the same key.
+        """
+        from searcher.runtime import load_embedder, requested_runtime
+
+        chosen = requested_runtime(runtime)
+        if chosen == "tensorflow" and model.key in self._embedders:  # built by index() to fetch its weights
+            return self._embedders[model.key]
+        cache_key = f"{model.key}@{chosen}"
+        if cache_key not in self._embedders:
             weights: str | None = model.weights_source
             if weights == "random":
                 weights = None
             elif weights not in (None, "imagenet") and not os.path.isfile(weights):
                 weights = "imagenet"  # e.g. the pip package moved to another virtualenv
-            embedder = cached_embedder(model.backbone, weights=weights, pooling=model.pooling)
+
+            def check_images(size: int) -> list[np.ndarray]:
+                """Up to four of this library's photos, decoded, to check a new ONNX export on."""
+                from searcher.decode import load_for_model
+
+                with self.sessions() as session:
+                    paths = session.scalars(
+                        select(ImageRow.path).where(ImageRow.status == STATUS_OK).order_by(ImageRow.id).limit(8)
+                    ).all()
+                out = []
+                for path in paths:
+                    try:
+                        out.append(load_for_model(path, (size, size))[0])
+                    except Exception:  # moved, unreadable: the next one
+                        continue
+                    if len(out) == 4:
+                        break
+                return out
+
+            embedder = load_embedder(
+                model.backbone, weights, model.pooling, runtime=chosen, library_root=self.root,
+                check_images=check_images,
+            )  # fmt: skip
             if embedder.identity.key != model.key:
                 raise LibraryError(
                     f"the weights of {model.backbone} on this machine differ from those that built this "
                     f"library's vectors ({embedder.identity.key} != {model.key}); pass the same --weights"
                 )
-            self._embedders[model.key] = embedder
-        return self._embedders[model.key]
+            self._embedders[cache_key] = embedder
+        return self._embedders[cache_key]
 
     def vector_index(self, model: ModelRow) -> VectorIndex:
         """The model's FAISS index, loaded from disk and reconciled with SQLite (cached per session)."""
