@@ -16,6 +16,7 @@ from searcher.cli.app import (
     JsonOption,
     LibraryOption,
     PresetOption,
+    RuntimeOption,
     app,
     console,
     err_console,
@@ -49,6 +50,7 @@ def index(
         ),
     ] = None,
     pooling: Annotated[str, typer.Option(help="How the last feature map becomes a vector: avg, max or gem.")] = "avg",
+    runtime: RuntimeOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call and commit.")] = 32,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads (default: CPU cores).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try files that failed before again.")] = False,
@@ -129,6 +131,7 @@ def query(
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="Neighbours per probe.")] = 10,
     backbone: BackboneOption = None,
     pooling: Annotated[str | None, typer.Option(help="Use the vectors made with this pooling.")] = None,
+    runtime: RuntimeOption = None,
     include_self: Annotated[
         bool, typer.Option("--include-self", help="Keep the probe's own file when it is indexed.")
     ] = False,

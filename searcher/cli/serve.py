@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from searcher.cli.app import DebugOption, LibraryOption, app, console, err_console, handle_errors
+from searcher.cli.app import DebugOption, LibraryOption, RuntimeOption, app, console, err_console, handle_errors
 
 
 @app.command()
@@ -18,6 +18,7 @@ def serve(
         str | None, typer.Option("--backbone", "-b", help="Answer with this backbone's vectors.", show_default=False)
     ] = None,
     pooling: Annotated[str | None, typer.Option(help="Use the vectors made with this pooling.")] = None,
+    runtime: RuntimeOption = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")] = 64,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every request on stderr.")] = False,
     library: LibraryOption = None,
