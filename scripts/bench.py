@@ -58,8 +58,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if str(REPO / "scripts") not in sys.path:  # bench_runtime.py beside this file
+    sys.path.insert(0, str(REPO / "scripts"))
 
-SECTIONS = ("indexing", "memory", "latency", "search", "duplicates")
+SECTIONS = ("indexing", "memory", "latency", "search", "duplicates", "runtimes")
 
 FULL = {
     "big_images": 192,  # 3000x2000
@@ -78,6 +80,7 @@ FULL = {
     "flat_queries": {10_000: 200, 20_000: 100, 50_000: 60, 100_000: 40, 1_000_000: 10},
     "hnsw_max": 100_000,
     "duplicates_n": 100_000,
+    "runtime_images": 256,  # 1024x768, per runtime (scripts/bench_runtime.py)
 }
 QUICK = {
     "big_images": 6,
@@ -96,6 +99,7 @@ QUICK = {
     "flat_queries": {3_000: 30},
     "hnsw_max": 3_000,
     "duplicates_n": 3_000,
+    "runtime_images": 8,
 }
 
 
@@ -600,6 +604,15 @@ def section_latency(cfg: dict[str, Any], tmp: Path, data: dict[str, Any], ctx: d
             print(f"   {key}: p50 {data[key]['p50_ms']:.1f} ms, p99 {data[key]['p99_ms']:.1f} ms", flush=True)
 
 
+def section_runtimes(cfg: dict[str, Any], tmp: Path, data: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """TensorFlow and ONNX Runtime side by side (scripts/bench_runtime.py)."""
+    import types
+
+    from bench_runtime import section_runtimes as run_section
+
+    run_section(cfg, tmp, data, ctx, types.SimpleNamespace(**globals()))
+
+
 # --- 4. vector search ----------------------------------------------------------------------------
 
 
@@ -793,6 +806,9 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     if runs and runs[-1]["files"] >= 5000:  # smaller runs: start-up noise
         g = runs[-1]["embedding_stage_growth_minus_index_mb"]
         out[f"memory while embedding {runs[-1]['files']:,} files grows < 64 MB beyond the index"] = (g, g < 64)
+    from bench_runtime import targets as runtime_targets
+
+    out.update(runtime_targets(report.get("runtimes", {})))
     return {k: {"value": v, "met": ok} for k, (v, ok) in out.items()}
 
 
@@ -807,6 +823,9 @@ def print_table(report: dict[str, Any]) -> None:
                 f"  index {name:15} {rates[0]:7.1f} img/s | pure {rates[1]:6.1f} | naive {rates[2]:6.1f}"
                 f" | x{e['index_vs_pure']:.2f} pure, x{e['index_vs_naive']:.1f} naive"
             )
+    from bench_runtime import table_lines
+
+    lines.extend(table_lines(report.get("runtimes", {})))
     for run in report.get("memory", {}).get("runs", []):
         lines.append(
             f"  memory {run['files']:>7,} files: peak {run['vmhwm_mb']:7.1f} MB, "
@@ -857,8 +876,12 @@ def run(quick: bool = False, out: Path | None = None, sections: tuple[str, ...] 
         "memory": section_memory,
         "search": section_search,
         "duplicates": section_duplicates,
+        "runtimes": section_runtimes,
     }
     started = time.perf_counter()
+    from searcher.runtime import set_default_runtime
+
+    set_default_runtime("tensorflow")  # sections before `runtimes` measure TensorFlow (as the README's tables)
     with tempfile.TemporaryDirectory(prefix="searcher-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for name in steps:  # this order: the big vector sets come last

@@ -22,7 +22,7 @@ from typing import Any
 RUNTIMES = ("auto", "tensorflow", "onnxruntime")
 _ALIASES = {"tf": "tensorflow", "onnx": "onnxruntime", "ort": "onnxruntime"}
 _default: str | None = None  # set by the CLI's --runtime for this process
-_LOADED: dict[tuple[str, str | None, str, str], Any] = {}  # one ONNX Runtime session per model per process
+_LOADED: dict[tuple[str, str | None, str], Any] = {}  # one ONNX Runtime session (or None) per model per process
 
 
 def set_default_runtime(name: str | None) -> None:
@@ -92,10 +92,12 @@ def load_embedder(
         if chosen == "onnxruntime":
             say("random weights (--weights none) run on TensorFlow only; using TensorFlow")
         return cached_embedder(backbone, weights=weights, pooling=pooling)
-    key = (backbone, weights, pooling, str(library_root))
-    if key not in _LOADED:
-        from searcher.runtime.cache import onnx_embedder_for
+    from searcher.runtime.cache import keep_copy_in, onnx_embedder_for
 
+    key = (backbone, weights, pooling)
+    if key not in _LOADED:
         explicit = chosen == "onnxruntime"
         _LOADED[key] = onnx_embedder_for(backbone, weights, pooling, library_root, check_images, explicit=explicit)
+    elif _LOADED[key] is not None and library_root is not None:
+        keep_copy_in(library_root, _LOADED[key])  # the session is shared; the library keeps its own copy
     return _LOADED[key] or cached_embedder(backbone, weights=weights, pooling=pooling)

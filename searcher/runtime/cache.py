@@ -139,6 +139,14 @@ def onnx_embedder_for(
     return _export_and_verify(spec, identity, weights, pooling, folders, check_images)
 
 
+def keep_copy_in(library_root: Path, embedder) -> None:
+    """Copy an already loaded, verified graph into ``library_root/runtime`` unless it is there."""
+    target = cache_dirs(library_root)[0]
+    key = embedder.identity.key
+    if embedder.path.parent != target and not (target / f"{key}.json").exists() and _writable(target):
+        _copy_into(embedder.path.parent, target, key)
+
+
 def _copy_into(source: Path, target: Path, key: str) -> None:
     """Keep a copy of a verified graph in the library folder (so it travels with the library)."""
     try:
