@@ -30,7 +30,7 @@ except SystemExit as exc:
 except BaseException as exc:
     code = repr(exc)
 seconds = time.perf_counter() - t0
-heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules)
+heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "onnxruntime", "onnx", "tf2onnx") if m in sys.modules)
 sys.stdout.flush()
 sys.stderr.write("\\nFASTPATH " + json.dumps({"heavy": heavy, "seconds": seconds, "code": code}) + "\\n")
 """
@@ -52,8 +52,8 @@ def small_library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return root / "lib", photos
 
 
-def run_cli(*args: str) -> tuple[dict, str]:
-    env = {**os.environ, "SEARCHER_DEBUG": "0", "COLUMNS": "200"}
+def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> tuple[dict, str]:
+    env = {**os.environ, "SEARCHER_DEBUG": "0", "COLUMNS": "200", **(env_extra or {})}
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
@@ -106,5 +106,26 @@ def test_query_of_a_new_image_does_load_the_model(small_library: tuple[Path, Pat
     lib, _ = small_library
     probe = tmp_path / "new.jpg"
     synthetic_photo(99).save(probe)
-    result, _ = run_cli("query", str(probe), "--library", str(lib), "--json")
-    assert result["code"] == 0 and "tensorflow" in result["heavy"]
+    result, _ = run_cli("query", str(probe), "--library", str(lib), "--json", "--runtime", "tensorflow")
+    assert result["code"] == 0 and "tensorflow" in result["heavy"] and "onnxruntime" not in result["heavy"]
+
+
+def test_query_of_a_new_image_on_onnxruntime_does_not_import_tensorflow(
+    small_library: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Once the model's ONNX export is cached and verified, a new photo is embedded by ONNX Runtime
+    alone: TensorFlow, Keras and the exporter stay out of the process (that is the cold-start win)."""
+    pytest.importorskip("onnxruntime")
+    from tests.conftest import synthetic_photo
+
+    lib, _ = small_library
+    with Library.open(lib) as opened:  # export and verify here if no cache has it yet
+        assert opened.embedder_for(opened.find_model(), runtime="onnxruntime").runtime == "onnxruntime"
+    probe = tmp_path / "new.jpg"
+    synthetic_photo(98).save(probe)
+    result, stdout = run_cli(
+        "query", str(probe), "--library", str(lib), "--json", env_extra={"SEARCHER_RUNTIME": "onnx"}
+    )
+    assert result["code"] == 0 and result["heavy"] == ["onnxruntime"], result
+    [answer] = json.loads(stdout)
+    assert len(answer["results"]) == 6

@@ -75,16 +75,29 @@ def read_sidecar(folder: Path, key: str) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict) or data.get("sidecar_version") != SIDECAR_VERSION or data.get("key") != key:
         return None
-    if data.get("versions", {}).get("onnxruntime") != _versions().get("onnxruntime"):
+    import onnxruntime
+
+    if data.get("versions", {}).get("onnxruntime") != onnxruntime.__version__:
         return None  # another onnxruntime: check again
     if data.get("verified"):
         onnx = folder / f"{key}.onnx"
         try:
-            if onnx.stat().st_size != data.get("onnx_bytes") or _sha256(onnx) != data.get("onnx_sha256"):
+            stat = onnx.stat()
+            if stat.st_size != data.get("onnx_bytes"):
                 return None  # damaged or replaced
+            if stat.st_mtime_ns != data.get("onnx_mtime_ns") and _sha256(onnx) != data.get("onnx_sha256"):
+                return None  # hashed only when touched since it was written (13 MB: ~30 ms)
         except OSError:
             return None
     return data
+
+
+def _write_pair(folder: Path, key: str, graph: bytes | None, sidecar: dict[str, Any]) -> None:
+    """The graph, then the sidecar that vouches for it (with the graph's mtime in this folder)."""
+    if graph is not None:
+        atomic_write_bytes(folder / f"{key}.onnx", graph)
+        sidecar = {**sidecar, "onnx_mtime_ns": (folder / f"{key}.onnx").stat().st_mtime_ns}
+    atomic_write_bytes(folder / f"{key}.json", (json.dumps(sidecar, indent=2) + "\n").encode())
 
 
 def _store(folders: list[Path], key: str, graph: bytes | None, sidecar: dict[str, Any]) -> Path | None:
@@ -94,9 +107,7 @@ def _store(folders: list[Path], key: str, graph: bytes | None, sidecar: dict[str
         if not _writable(folder):
             continue
         try:
-            if graph is not None:
-                atomic_write_bytes(folder / f"{key}.onnx", graph)
-            atomic_write_bytes(folder / f"{key}.json", (json.dumps(sidecar, indent=2) + "\n").encode())
+            _write_pair(folder, key, graph, sidecar)
         except OSError:
             continue
         first = first or folder
@@ -150,9 +161,9 @@ def keep_copy_in(library_root: Path, embedder) -> None:
 def _copy_into(source: Path, target: Path, key: str) -> None:
     """Keep a copy of a verified graph in the library folder (so it travels with the library)."""
     try:
-        atomic_write_bytes(target / f"{key}.onnx", (source / f"{key}.onnx").read_bytes())
-        atomic_write_bytes(target / f"{key}.json", (source / f"{key}.json").read_bytes())
-    except OSError:
+        sidecar = json.loads((source / f"{key}.json").read_text())
+        _write_pair(target, key, (source / f"{key}.onnx").read_bytes(), sidecar)
+    except (OSError, ValueError):
         pass
 
 
