@@ -879,15 +879,19 @@ def run(quick: bool = False, out: Path | None = None, sections: tuple[str, ...] 
         "runtimes": section_runtimes,
     }
     started = time.perf_counter()
-    from searcher.runtime import set_default_runtime
+    import searcher.runtime
 
-    set_default_runtime("tensorflow")  # sections before `runtimes` measure TensorFlow (as the README's tables)
-    with tempfile.TemporaryDirectory(prefix="searcher-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        for name in steps:  # this order: the big vector sets come last
-            if name in sections:
-                with Section(report, name) as data:
-                    steps[name](cfg, tmp, data, ctx)
+    previous_runtime = searcher.runtime._default
+    searcher.runtime.set_default_runtime("tensorflow")  # sections before `runtimes` measure TensorFlow
+    try:
+        with tempfile.TemporaryDirectory(prefix="searcher-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            for name in steps:  # this order: the big vector sets come last
+                if name in sections:
+                    with Section(report, name) as data:
+                        steps[name](cfg, tmp, data, ctx)
+    finally:
+        searcher.runtime.set_default_runtime(previous_runtime)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["load_avg_end"] = load()
     report["targets"] = targets(report)

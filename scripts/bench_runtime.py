@@ -50,61 +50,73 @@ def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary)
     return out
 
 
+def measure_runtime(rt: str, cfg: dict[str, Any], tmp: Path, folder: Path, probe: Path, bench: Any) -> dict[str, Any]:
+    """One runtime's figures (run in a process of its own: see :func:`section_runtimes`)."""
+    from searcher.runtime import set_default_runtime
+
+    set_default_runtime(rt)
+    files = sorted(folder.glob("*.jpg"))
+    entry: dict[str, Any] = {"load_avg": bench.load()}
+    embedder, build_s = bench.warm_library_model(tmp / f"rt-warm-{rt}")
+    entry["embedder"] = embedder.runtime  # what was really used (a failed export falls back)
+    entry["build_and_warm_s"] = round(build_s, 1)
+    pixels = bench.predecode(files, embedder.input_size)
+    lib_dir = tmp / f"rt-lib-{rt}"
+    entry["index"] = bench.index_folder(folder, lib_dir)
+    entry["pure_inference"] = bench.pure_inference(embedder, pixels)
+    entry["pure_inference_batch4"] = bench.pure_inference(embedder, pixels, batch=4)
+    entry["index_vs_pure"] = round(entry["index"]["images_per_s"] / entry["pure_inference"]["images_per_s"], 3)
+    entry["cpu_bound_index_vs_pure"] = round(
+        entry["pure_inference"]["cpu_ms_per_image"] / entry["index"]["cpu_ms_per_image"], 3
+    )
+    if rt == "tensorflow":
+        entry["naive"] = bench.naive(embedder, files[: cfg["naive_images"]])
+    entry["server_post_new_image"] = server_new_probe(lib_dir, probe, cfg["server_requests"], bench.latency_summary)
+    if cfg["cli_new_runs"]:
+        os.environ["SEARCHER_RUNTIME"] = rt
+        args = ["query", str(probe), "--library", str(lib_dir), "--json"]
+        entry["cli_cold_new_image"] = bench.latency_summary(bench.cli_times(args, cfg["cli_new_runs"]))
+    entry["load_avg_after"] = bench.load()
+    return entry
+
+
 def section_runtimes(cfg: dict[str, Any], tmp: Path, data: dict[str, Any], ctx: dict[str, Any], bench: Any):
+    """Each runtime measured in a fresh process, one after the other, on the same files: in one
+    process, whichever runtime ran second was slowed by the first one's thread pools (ONNX Runtime
+    indexing 81 -> 57 img/s after TensorFlow had run), which a user's run never sees."""
+    import json
+    import subprocess
+    import sys
+
     from PIL import Image
 
-    from searcher.runtime import onnxruntime_available, set_default_runtime
+    from searcher.runtime import onnxruntime_available
 
     folder = tmp / "rt-jpeg_1024x768"
     data["generated"] = bench.make_photos(folder, cfg["runtime_images"], (1024, 768), seed=7)
     files = sorted(folder.glob("*.jpg"))
     probe = tmp / "rt-new-probe.jpg"
     Image.open(files[1]).resize((640, 480)).rotate(7).save(probe, quality=80)
-    pixels = None
-    runtimes = [r for r in RUNTIMES if r == "tensorflow" or onnxruntime_available()]
-    try:
-        for rt in runtimes:
-            print(f"   runtime {rt} ...", flush=True)
-            set_default_runtime(rt)
-            entry: dict[str, Any] = {"load_avg": bench.load()}
-            embedder, build_s = bench.warm_library_model(tmp / f"rt-warm-{rt}")
-            entry["embedder"] = embedder.runtime  # what was really used (a failed export falls back)
-            entry["build_and_warm_s"] = round(build_s, 1)
-            if pixels is None:
-                pixels = bench.predecode(files, embedder.input_size)
-            lib_dir = tmp / f"rt-lib-{rt}"
-            entry["index"] = bench.index_folder(folder, lib_dir)
-            entry["pure_inference"] = bench.pure_inference(embedder, pixels)
-            entry["pure_inference_batch4"] = bench.pure_inference(embedder, pixels, batch=4)
-            entry["index_vs_pure"] = round(entry["index"]["images_per_s"] / entry["pure_inference"]["images_per_s"], 3)
-            entry["cpu_bound_index_vs_pure"] = round(
-                entry["pure_inference"]["cpu_ms_per_image"] / entry["index"]["cpu_ms_per_image"], 3
-            )
-            if rt == "tensorflow":
-                data["naive"] = bench.naive(embedder, files[: cfg["naive_images"]])
-            entry["server_post_new_image"] = server_new_probe(
-                lib_dir, probe, cfg["server_requests"], bench.latency_summary
-            )
-            if cfg["cli_new_runs"]:
-                os.environ["SEARCHER_RUNTIME"], before = rt, os.environ.get("SEARCHER_RUNTIME")
-                try:
-                    args = ["query", str(probe), "--library", str(lib_dir), "--json"]
-                    entry["cli_cold_new_image"] = bench.latency_summary(bench.cli_times(args, cfg["cli_new_runs"]))
-                finally:
-                    os.environ.pop("SEARCHER_RUNTIME")
-                    if before is not None:
-                        os.environ["SEARCHER_RUNTIME"] = before
-            entry["load_avg_after"] = bench.load()
-            data[rt] = entry
-            srv = entry["server_post_new_image"]
-            print(
-                f"   {rt}: index {entry['index']['images_per_s']:.1f} img/s, pure "
-                f"{entry['pure_inference']['images_per_s']:.1f} (x{entry['index_vs_pure']:.2f}), "
-                f"server new photo p50 {srv['p50_ms']:.1f} ms",
-                flush=True,
-            )
-    finally:
-        set_default_runtime("tensorflow")  # the other sections measure TensorFlow, as before
+    data["runs_in"] = "one child process per runtime"
+    for rt in [r for r in RUNTIMES if r == "tensorflow" or onnxruntime_available()]:
+        print(f"   runtime {rt} ...", flush=True)
+        out = tmp / f"rt-{rt}.json"
+        child = [sys.executable, str(Path(__file__).resolve()), "--child", rt, json.dumps(cfg, default=list),
+                 str(tmp), str(folder), str(probe), str(out)]  # fmt: skip
+        proc = subprocess.run(child, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"runtime {rt}: {proc.stderr[-1500:]}")
+        entry = json.loads(out.read_text())
+        if "naive" in entry:
+            data["naive"] = entry.pop("naive")
+        data[rt] = entry
+        srv = entry["server_post_new_image"]
+        print(
+            f"   {rt}: index {entry['index']['images_per_s']:.1f} img/s, pure "
+            f"{entry['pure_inference']['images_per_s']:.1f} (x{entry['index_vs_pure']:.2f}), "
+            f"server new photo p50 {srv['p50_ms']:.1f} ms",
+            flush=True,
+        )
     if "tensorflow" in data and "onnxruntime" in data:
         tf, ort = data["tensorflow"], data["onnxruntime"]
         data["onnx_vs_tf"] = {
@@ -148,3 +160,86 @@ def targets(rt_report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
         p50 = ort["server_post_new_image"]["p50_ms"]
         out["onnxruntime: serve new photo p50 < 30 ms"] = (p50, p50 < 30)
     return out
+
+
+# --- the GPU check (scripts/gpu_check.sh) ---------------------------------------------------------
+
+
+def _make_chunk(args: tuple[str, int, int]) -> int:
+    folder, n, seed = args
+    import bench
+
+    bench.make_photos(Path(folder), n, (1024, 768), seed=seed)
+    return n
+
+
+def gpu_check(images: int, batch_size: int, out: Path) -> dict[str, Any]:
+    """Index ``images`` 1024x768 JPEGs with each runtime (a fresh library each) and report images/s,
+    next to each runtime's pure inference rate; decode workers are the pipeline's default (every
+    core when the model runs on a GPU)."""
+    import json
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    import bench
+
+    from searcher.pipeline import default_workers
+    from searcher.runtime import onnxruntime_available, set_default_runtime
+
+    report: dict[str, Any] = {"machine": bench.machine(), "images": images, "batch_size": batch_size}
+    with tempfile.TemporaryDirectory(prefix="searcher-gpu-check-") as tmp_name:
+        tmp = Path(tmp_name)
+        folder = tmp / "jpeg_1024x768"
+        cores = os.cpu_count() or 1
+        started = time.perf_counter()
+        chunks = [(str(folder), images // cores + (i < images % cores), 1000 + i) for i in range(cores)]
+        with ProcessPoolExecutor(cores) as pool:
+            report["generated"] = sum(pool.map(_make_chunk, chunks))
+        report["generate_s"] = round(time.perf_counter() - started, 1)
+        files = sorted(folder.glob("*.jpg"))
+        for rt in [r for r in RUNTIMES if r == "tensorflow" or onnxruntime_available()]:
+            print(f"{rt} ...", flush=True)
+            set_default_runtime(rt)
+            embedder, build_s = bench.warm_library_model(tmp / f"warm-{rt}")
+            entry: dict[str, Any] = {"embedder": embedder.runtime, "gpu": embedder.gpu, "build_s": round(build_s, 1)}
+            entry["providers"] = getattr(getattr(embedder, "session", None), "get_providers", list)()
+            entry["workers"] = default_workers(gpu=embedder.gpu)
+            entry["load_avg"] = bench.load()
+            entry["index"] = bench.index_folder(folder, tmp / f"lib-{rt}", batch_size=batch_size)
+            pixels = bench.predecode(files[: min(len(files), 1024)], embedder.input_size)
+            entry["pure_inference"] = bench.pure_inference(embedder, pixels, batch=batch_size)
+            entry["index_vs_pure"] = round(entry["index"]["images_per_s"] / entry["pure_inference"]["images_per_s"], 3)
+            report[rt] = entry
+            print(
+                f"{rt:11} gpu={embedder.gpu} index {entry['index']['images_per_s']:.0f} img/s, pure "
+                f"{entry['pure_inference']['images_per_s']:.0f} img/s (x{entry['index_vs_pure']:.2f}), "
+                f"{entry['workers']} decode workers",
+                flush=True,
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"report: {out}")
+    return report
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":  # one runtime of the bench's `runtimes` section
+        import bench as bench_module
+
+        rt, cfg_json, tmp_dir, folder_dir, probe_path, out_path = sys.argv[2:8]
+        result = measure_runtime(
+            rt, json.loads(cfg_json), Path(tmp_dir), Path(folder_dir), Path(probe_path), bench_module
+        )
+        Path(out_path).write_text(json.dumps(result, default=str))
+        raise SystemExit(0)
+    ap = argparse.ArgumentParser(description="GPU check: index N JPEGs with TensorFlow and with ONNX Runtime")
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/gpu_check.json"))
+    args = ap.parse_args()
+    gpu_check(args.images, args.batch_size, args.out)
