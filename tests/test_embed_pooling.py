@@ -77,3 +77,17 @@ def test_feature_maps_are_what_embed_pools(weights: str, photos: list[Image.Imag
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
     np.testing.assert_allclose(pooled, embedder.embed(pixels), atol=1e-5)
     assert embedder.feature_maps(pixels[:0]).shape[0] == 0
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "gem"])
+def test_numpy_pooling_of_the_onnx_runtime_matches_tensorflow(
+    pooling: str, weights: str, photos: list[Image.Image]
+) -> None:
+    """ONNX Runtime returns the feature map and pools it in numpy: that pooling must be TensorFlow's."""
+    from searcher.runtime.onnx_embedder import pool_unit_vectors
+
+    embedder = Embedder("mobilenet_025_128", weights=weights, pooling=pooling)
+    pixels = np.stack([np.asarray(p.resize(embedder.input_size, Image.Resampling.BILINEAR)) for p in photos])
+    got = pool_unit_vectors(embedder.feature_maps(pixels), pooling)
+    assert got.dtype == np.float32 and got.shape == (3, embedder.dim)
+    np.testing.assert_allclose(got, embedder.embed(pixels), atol=1e-5)
