@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray  # noqa: E402  (installed by scripts/bootstrap.sh: .[dev,ray]; never skipped)
+import ray  # (installed by scripts/bootstrap.sh: .[dev,ray]; never skipped)
 from conftest import synthetic_photo
 from sqlalchemy import select
 
-from searcher.distributed import RayEngine, parse_path_map  # noqa: E402
-from searcher.distributed.engine import map_path  # noqa: E402
+from searcher.distributed import RayEngine, parse_path_map
+from searcher.distributed.engine import map_path
 from searcher.library import Library
 from searcher.reports import Progress
 from searcher.store import EmbeddingRow, ImageRow, blob_to_vector
@@ -132,3 +132,21 @@ def test_a_killed_model_worker_loses_and_duplicates_nothing(tmp_path: Path) -> N
     assert_same_library(library_state(tmp_path / "local"), library_state(tmp_path / "ray"))
     with Library.open(tmp_path / "ray") as lib:
         assert lib.index([folder], batch_size=4, engine=RayEngine()).embedded == 0
+
+
+def test_ray_stays_optional_and_the_cli_checks_its_options(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, searcher, searcher.library, searcher.cli.core; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    searcher_cli = Path(sys.executable).with_name("searcher")
+    lib = ["--library", str(tmp_path / "lib")]
+    usage = subprocess.run([searcher_cli, "index", str(tmp_path), "--address", "auto", *lib], capture_output=True)
+    assert usage.returncode == 2 and b"--engine ray" in usage.stderr
+    bad = subprocess.run([searcher_cli, "index", str(tmp_path), "--engine", "spark", *lib], capture_output=True)
+    assert bad.returncode == 2
+    path_map = subprocess.run(
+        [searcher_cli, "index", str(tmp_path), "--engine", "ray", "--path-map", "nope", *lib], capture_output=True
+    )
+    assert path_map.returncode == 1 and b"SRC=DST" in path_map.stderr
