@@ -150,3 +150,42 @@ def test_ray_stays_optional_and_the_cli_checks_its_options(tmp_path: Path) -> No
         [searcher_cli, "index", str(tmp_path), "--engine", "ray", "--path-map", "nope", *lib], capture_output=True
     )
     assert path_map.returncode == 1 and b"SRC=DST" in path_map.stderr
+
+
+def committed_ok(lib: Path) -> int:
+    import sqlite3
+
+    db = lib / "library.db"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_killed_driver_loses_no_committed_work_and_the_same_command_finishes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    folder = make_folder(tmp_path / "photos", 24)
+    with Library.open(tmp_path / "local") as lib:
+        lib.index([folder], batch_size=4)
+    address = ray.get_runtime_context().gcs_address  # the driver joins the Ray this test started
+    command = [
+        Path(sys.executable).with_name("searcher"), "index", str(folder), "--engine", "ray", "--address", address,
+        "--library", str(tmp_path / "ray"), "--batch-size", "4", "--quiet",
+    ]  # fmt: skip
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while committed_ok(tmp_path / "ray") < 4 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    before = committed_ok(tmp_path / "ray")
+    assert 4 <= before < 24, f"the kill did not land mid-run ({before} of 24 committed)"
+    rerun = subprocess.run(command, capture_output=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    assert_same_library(library_state(tmp_path / "local"), library_state(tmp_path / "ray"))
