@@ -162,9 +162,14 @@ class RayEngine:
             for actor in pool:
                 ray.kill(actor)
 
-    @staticmethod
-    def _collect(ray: Any, chunk: list[T], ref: Any) -> tuple[Batch[T], np.ndarray | None]:
-        vectors, infos, errors = ray.get(ref)
+    def _collect(self, ray: Any, chunk: list[T], ref: Any) -> tuple[Batch[T], np.ndarray | None]:
+        try:
+            vectors, infos, errors = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+            raise LibraryError(
+                f"a Ray worker died more than {self.max_restarts} times ({type(exc).__name__}); what was "
+                "committed is kept: run the same command again to finish"
+            ) from exc
         items = [Decoded(w, None, info, error) for w, info, error in zip(chunk, infos, errors, strict=True)]
         good = [d for d in items if d.error is None]
         batch = Batch(items, np.zeros((0,), np.uint8), good)
