@@ -13,6 +13,6 @@ stamp=".venv/.searcher-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/searcher ]; then
   echo "installing searcher and its dependencies into .venv ..." >&2
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,ray]"  # ray: the distributed engine's tests run in CI
   echo "$want" > "$stamp"
 fi

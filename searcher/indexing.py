@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, Mod
 from searcher.vector_index import INDEX_TYPES, VectorIndex, choose_kind
 
 if TYPE_CHECKING:
+    from searcher.distributed import RayEngine
     from searcher.embed import Embedder
     from searcher.library import Library
 
@@ -70,6 +71,7 @@ def index_files(
     max_pixels: int | None = None,
     progress: Progress | None = None,
     index_type: str | None = None,
+    engine: RayEngine | None = None,
 ) -> IndexReport:
     """Bring the library up to date with the image files under ``roots``.
 
@@ -84,6 +86,9 @@ def index_files(
 
     ``index_type`` (``auto``, ``flat``, ``hnsw``, ``ivfpq``; see :mod:`searcher.vector_index`)
     is remembered per model; ``None`` keeps the model's current choice (``auto`` at first).
+
+    ``engine`` (a :class:`searcher.distributed.RayEngine`) decodes and embeds on a Ray cluster
+    instead of this process; everything else (planning, commits, guarantees) is the same.
     """
     if index_type is not None and index_type not in INDEX_TYPES:
         raise LibraryError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
@@ -123,7 +128,9 @@ def index_files(
         _apply_plan_removals(lib, plan, model, index, report)
         try:
             if plan.to_embed:
-                _embed_and_store(lib, plan.to_embed, model, index, report, batch_size, workers, max_pixels, progress)
+                _embed_and_store(
+                    lib, plan.to_embed, model, index, report, batch_size, workers, max_pixels, progress, engine
+                )
             _add_late_copies(lib, plan, model, index, report)
             _apply_index_type(lib, model, index, index_type, progress)
         except KeyboardInterrupt:
@@ -394,9 +401,8 @@ def _embed_and_store(
     workers: int | None,
     max_pixels: int | None,
     progress: Progress,
+    engine: RayEngine | None = None,
 ) -> None:
-    embedder = lib.embedder_for(model)
-    size = embedder.input_size
     progress.begin("Embedding", len(work))
     started = time.monotonic()
     saves = {"last": time.monotonic(), "cost": 0.0}
@@ -440,24 +446,41 @@ def _embed_and_store(
             saves["last"] = time.monotonic()
             saves["cost"] = saves["last"] - saving
 
-    # Three overlapping stages: decoding (worker threads) feeds the model (this thread), whose
-    # output is committed on a commit thread while the model runs on the next batch. At most
+    # The local engine: three overlapping stages. Decoding (worker threads) feeds the model (this
+    # thread), whose output is committed on a commit thread while the model runs on the next batch.
+    # The Ray engine yields the same (batch, vectors) pairs computed on a cluster. Either way at most
     # one batch waits to be committed; an interrupted run still commits the batch it embedded.
-    batches = prefetch_batches(
-        work, lambda w: w.entry.path, size, batch_size,
-        workers=workers or default_workers(gpu=embedder.gpu), max_pixels=max_pixels,
-    )  # fmt: skip
+    embedded = (
+        _embed_locally(lib, work, model, batch_size, workers, max_pixels)
+        if engine is None
+        else engine.batches(work, lambda w: w.entry.path, model, batch_size, max_pixels)
+    )
     pending: Future[None] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as committer:
         try:
-            for batch in batches:
-                vectors = embedder.embed(batch.pixels) if batch.good else None
+            for batch, vectors in embedded:
                 if pending is not None:
                     pending.result()  # raises what the commit raised
                 pending = committer.submit(commit, batch, vectors)
         finally:
-            batches.close()  # stop decoding
+            embedded.close()  # stop decoding
             if pending is not None and sys.exc_info()[0] is None:
                 pending.result()
         # leaving the ``with`` waits for the last commit, whatever happened
     progress.end()
+
+
+def _embed_locally(
+    lib: Library, work: list[_Work], model: ModelRow, batch_size: int, workers: int | None, max_pixels: int | None
+) -> Iterator[tuple[Batch[_Work], np.ndarray | None]]:
+    """The local engine: decode on threads, embed here, one (batch, vectors) pair at a time."""
+    embedder = lib.embedder_for(model)
+    batches = prefetch_batches(
+        work, lambda w: w.entry.path, embedder.input_size, batch_size,
+        workers=workers or default_workers(gpu=embedder.gpu), max_pixels=max_pixels,
+    )  # fmt: skip
+    try:
+        for batch in batches:
+            yield batch, (embedder.embed(batch.pixels) if batch.good else None)
+    finally:
+        batches.close()

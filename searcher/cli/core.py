@@ -68,6 +68,21 @@ def index(
             show_default=False,
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where decoding and embedding run: local (this process) or ray (a Ray cluster; "
+            "pip install 'searcher[ray]'; see README 'Large libraries')."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --engine ray: 'auto' (this node's cluster), ray://HOST:PORT, or unset: local Ray."),
+    ] = None,
+    path_map: Annotated[
+        list[str] | None,
+        typer.Option("--path-map", help="With --engine ray: SRC=DST, where workers see the driver's SRC folder."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     library: LibraryOption = None,
     json_output: JsonOption = False,
@@ -82,13 +97,22 @@ def index(
     from searcher.cli.progress import RichProgress
     from searcher.library import IndexInterrupted
 
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine must be local or ray, not {engine!r}", param_hint="--engine")
+    ray_engine = None
+    if engine == "ray":
+        from searcher.distributed import RayEngine, parse_path_map
+
+        ray_engine = RayEngine(address=address, path_map=parse_path_map(path_map or []))
+    elif address or path_map:
+        raise typer.BadParameter("--address and --path-map need --engine ray", param_hint="--engine")
     lib = open_library(library, create=True)
     try:
         report = lib.index(
             paths, backbone=backbone, weights=weights, pooling=pooling,
             batch_size=batch_size, workers=workers, retry_failed=retry_failed, wait=wait,
             max_pixels=max_pixels, progress=RichProgress(enabled=not quiet and not json_output),
-            index_type=index_type,
+            index_type=index_type, engine=ray_engine,
         )  # fmt: skip
     except IndexInterrupted as exc:
         report = exc.report
