@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_photo
 from PIL import Image, features
 from typer.testing import CliRunner
 
@@ -30,6 +29,7 @@ from searcher.cli import app
 from searcher.decode import DecodeError, load_for_model, open_image
 from searcher.library import Library, LibraryError, LibraryNotFound
 from searcher.store import SchemaError
+from tests.conftest import synthetic_photo
 
 SHARED_DATA = ("datasets", "imagededup-tests")
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_photo
 from typer.testing import CliRunner
 
 from searcher.check import PROBLEM, WARNING, check_library, repair_library
@@ -19,6 +18,7 @@ from searcher.cli.maintenance import EXIT_PROBLEMS
 from searcher.library import Library
 from searcher.locking import LibraryLocked, WriteLock
 from searcher.vector_index import VectorIndex
+from tests.conftest import synthetic_photo
 
 N_PHOTOS = 12
 

@@ -17,13 +17,13 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import synthetic_photo
 from typer.testing import CliRunner
 
 from searcher.check import check_library
 from searcher.cli import app
 from searcher.library import IndexReport, Library
 from searcher.vector_index import VectorIndex
+from tests.conftest import synthetic_photo
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 

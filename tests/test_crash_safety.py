@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_photo
 
 from searcher.check import check_library, repair_library
 from searcher.decode import load_for_model
 from searcher.library import Library, LibraryError, LibraryNotFound
 from searcher.vector_index import VectorIndex
+from tests.conftest import synthetic_photo
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray  # (installed by scripts/bootstrap.sh: .[dev,ray]; never skipped)
-from conftest import synthetic_photo
 from sqlalchemy import select
 
 from searcher.distributed import RayEngine, parse_path_map
@@ -21,6 +20,7 @@ from searcher.distributed.engine import map_path
 from searcher.library import Library
 from searcher.reports import Progress
 from searcher.store import EmbeddingRow, ImageRow, blob_to_vector
+from tests.conftest import synthetic_photo
 
 
 @pytest.fixture(scope="module", autouse=True)

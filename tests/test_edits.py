@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import synthetic_photo
 from PIL import Image
 
 from searcher.edits import EDIT_KINDS, apply_edit, make_benchmark
+from tests.conftest import synthetic_photo
 
 
 def test_every_kind_gives_a_changed_rgb_picture() -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, features
 
 from searcher.decode import DecodeError, open_image, to_model_input
+from tests.conftest import synthetic_photo
 
 MAX_PIXELS = 2_000_000  # a mutated header may claim anything: keep the allowed work small
 SLOW = 5.0  # seconds: no single input may take longer (a hang, or a bomb the guard missed)
