@@ -23,8 +23,8 @@ Answer: ``{"query": ..., "model": ..., "k": 10, "threshold": 0.8, "took_ms": 3.1
 Built on the standard library's ``ThreadingHTTPServer`` (one thread per connection; no new
 dependency). The model (a compiled ``tf.function``) and FAISS searches are thread-safe; the
 index is reloaded when another process (``searcher index``) changes the library. It binds to
-127.0.0.1 by default and has no authentication: put a reverse proxy in front of it before
-exposing it beyond the machine.
+127.0.0.1 by default; any other address needs a token. The web app (pages, thumbnails, the
+duplicates review) and its security checks live in :mod:`searcher.web`; this module is the HTTP core.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ from sqlalchemy import select
 from searcher.files import absolute
 from searcher.library import Hit, Library
 from searcher.store import STATUS_OK, ImageRow, ModelRow
+from searcher.web import catalog
+from searcher.web.routes import Response, WebApp
+from searcher.web.security import AccessPolicy, is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -142,7 +145,7 @@ class SearchService:
     def info(self) -> dict[str, Any]:
         return self.lib.info()
 
-    def query_path(self, path: str, k: int, threshold: float | None) -> dict[str, Any]:
+    def query_path(self, path: str, k: int, threshold: float | None, preset: str | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         self._refresh()
         full = absolute(path)
@@ -150,12 +153,16 @@ class SearchService:
             row = session.execute(select(ImageRow).where(ImageRow.path == full)).scalar_one_or_none()
         if row is None or row.status != STATUS_OK:
             raise RequestError(HTTPStatus.NOT_FOUND, f"not an indexed image: {full} (POST the image to /query instead)")
-        [result] = self.lib.query([full], k=k, backbone=self.model.backbone, pooling=self.model.pooling)
+        [result] = self.lib.query(
+            [full], k=k, backbone=self.model.backbone, pooling=self.model.pooling, preset=preset
+        )
         if result.error:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{full}: {result.error}")
         return self._answer(full, result.results, k, threshold, started)
 
-    def query_image(self, data: bytes, name: str, k: int, threshold: float | None) -> dict[str, Any]:
+    def query_image(
+        self, data: bytes, name: str, k: int, threshold: float | None, preset: str | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         if not data:
             raise RequestError(HTTPStatus.BAD_REQUEST, "empty image")
@@ -167,7 +174,9 @@ class SearchService:
         with tempfile.NamedTemporaryFile(prefix="searcher-upload-", suffix=suffix) as handle:
             handle.write(data)
             handle.flush()
-            [result] = self.lib.query([handle.name], k=k, backbone=self.model.backbone, pooling=self.model.pooling)
+            [result] = self.lib.query(
+                [handle.name], k=k, backbone=self.model.backbone, pooling=self.model.pooling, preset=preset
+            )
         if result.error:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"cannot decode the image: {result.error}")
         return self._answer(name, result.results, k, threshold, started)
@@ -181,17 +190,26 @@ class SearchService:
     def _answer(self, query: str, hits: list[Hit], k: int, threshold: float | None, started: float) -> dict[str, Any]:
         if threshold is not None:
             hits = [h for h in hits if h.score >= threshold]
+        sizes = catalog.sizes_of(self.lib, [h.path for h in hits])
         return {
             "query": query,
             "model": self.model.key,
             "k": k,
             "threshold": threshold,
             "results": [
-                {"rank": h.rank, "path": h.path, "score": round(h.score, 6), "width": h.width, "height": h.height}
+                {"rank": h.rank, "path": h.path, "score": round(h.score, 6), "width": h.width, "height": h.height,
+                 "size": sizes.get(h.path)}
                 for h in hits
             ],
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+
+
+def _preset(query: dict[str, list[str]]) -> str | None:
+    preset = query.get("preset", [""])[0] or None
+    if preset not in (None, "instance", "category"):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "preset is 'instance' or 'category'")
+    return preset
 
 
 def _params(query: dict[str, list[str]]) -> tuple[int, float | None]:
@@ -249,6 +267,35 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_response(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    def _allowed(self, query: dict[str, list[str]]) -> bool:
+        """The Host and token checks of every request (answers the refusal itself)."""
+        denial = self.server.policy.check(self.headers, query.get("token", [None])[0])
+        if denial is not None:
+            self._discard_body()
+            self._send(denial.status, {"error": denial.message})
+            return False
+        if self.server.policy.token and query.get("token") and self.command == "GET":
+            # opened with ?token=: remember it in a cookie (HttpOnly, this site only) and drop it from the URL
+            self.send_response(HTTPStatus.SEE_OTHER)
+            cookie = f"searcher_token={self.server.policy.token}; HttpOnly; SameSite=Strict; Path=/"
+            self.send_header("Set-Cookie", cookie)
+            self.send_header("Location", urlsplit(self.path).path or "/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
+        return True
+
     def _run(self, answer) -> None:
         try:
             self._send(HTTPStatus.OK, answer())
@@ -260,6 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
         query = parse_qs(url.query)
+        if not self._allowed(query):
+            return
         service = self.server.service
         if url.path == "/health":
             self._run(service.health)
@@ -272,14 +321,27 @@ class _Handler(BaseHTTPRequestHandler):
                 path = query.get("path", [""])[0]
                 if not path:
                     raise RequestError(HTTPStatus.BAD_REQUEST, "GET /query needs ?path=<indexed image path>")
-                return service.query_path(path, k, threshold)
+                return service.query_path(path, k, threshold, _preset(query))
 
             self._run(answer)
         else:
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {url.path}"})
+            try:
+                response = self.server.web.get(url.path, query)
+            except Exception as exc:  # a page that fails answers 500 with the reason, the server lives on
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+                return
+            if response is None:
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {url.path}"})
+            else:
+                self._send_response(response)
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
+        if not self._allowed(parse_qs(url.query)):
+            return
+        if url.path.startswith("/api/"):
+            self._web_post(url.path)
+            return
         if url.path != "/query":
             self._discard_body()
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {url.path}"})
@@ -296,9 +358,37 @@ class _Handler(BaseHTTPRequestHandler):
                     if key in fields and key not in query:
                         query[key] = [fields[key]]
             k, threshold = _params(query)
-            return self.server.service.query_image(body, name, k, threshold)
+            return self.server.service.query_image(body, name, k, threshold, _preset(query))
 
         self._run(answer)
+
+    def _web_post(self, path: str) -> None:
+        """A state-changing web action: CSRF check, a small JSON body, then :meth:`WebApp.post`."""
+        denial = self.server.policy.check_state_change(self.headers)
+        if denial is not None:
+            self._discard_body()
+            self._send(denial.status, {"error": denial.message})
+            return
+
+        def answer() -> Response:
+            body = self._read_body()
+            try:
+                data = json.loads(body or b"{}")
+            except ValueError:
+                raise RequestError(HTTPStatus.BAD_REQUEST, "the body must be JSON") from None
+            if not isinstance(data, dict):
+                raise RequestError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+            response = self.server.web.post(path, data)
+            if response is None:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
+            return response
+
+        try:
+            self._send_response(answer())
+        except RequestError as exc:
+            self._send(exc.status, {"error": str(exc)})
+        except Exception as exc:  # never kill the connection thread silently
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -357,11 +447,15 @@ class SearchServer(ThreadingHTTPServer):
         *,
         max_upload: int = DEFAULT_MAX_UPLOAD,
         verbose: bool = False,
+        token: str | None = None,
     ) -> None:
+        self.policy = AccessPolicy(host, token)  # refuses a non-loopback address without a token
         self.service = service
         self.max_upload = max_upload
         self.verbose = verbose
         super().__init__((host, port), _Handler)
+        self.policy.bind(self.server_address[1])
+        self.web = WebApp(service, self.policy)
 
     @property
     def url(self) -> str:
@@ -385,18 +479,19 @@ def make_server(
     warm: bool = True,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     verbose: bool = False,
+    token: str | None = None,
 ) -> SearchServer:
-    """A server for ``library`` (not yet serving: call ``serve_forever()``; ``port=0`` picks a free one)."""
+    """A server for ``library`` (not yet serving: call ``serve_forever()``; ``port=0`` picks a free one).
+
+    Any ``host`` that is not loopback needs a ``token`` (PermissionError otherwise, before anything loads).
+    """
+    AccessPolicy(host, token)
     service = SearchService(library, backbone=backbone, pooling=pooling, warm=warm)
     try:
-        return SearchServer(service, host, port, max_upload=max_upload, verbose=verbose)
+        return SearchServer(service, host, port, max_upload=max_upload, verbose=verbose, token=token)
     except BaseException:
         service.close()
         raise
 
 
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-__all__ = ["SearchServer", "SearchService", "make_server"]
+__all__ = ["SearchServer", "SearchService", "is_loopback", "make_server"]

@@ -94,7 +94,7 @@ def index(
     renamed files keep their vectors; failures (corrupt files, non-images) are
     recorded and skipped. Safe to interrupt: run it again to finish.
     """
-    from searcher.cli.progress import RichProgress
+    from searcher.cli.progress import INDEX_STATUS_FILE, RichProgress
     from searcher.library import IndexInterrupted
 
     if engine not in ("local", "ray"):
@@ -111,7 +111,9 @@ def index(
         report = lib.index(
             paths, backbone=backbone, weights=weights, pooling=pooling,
             batch_size=batch_size, workers=workers, retry_failed=retry_failed, wait=wait,
-            max_pixels=max_pixels, progress=RichProgress(enabled=not quiet and not json_output),
+            max_pixels=max_pixels, progress=RichProgress(
+                enabled=not quiet and not json_output, status_file=lib.root / INDEX_STATUS_FILE
+            ),
             index_type=index_type, engine=ray_engine,
         )  # fmt: skip
     except IndexInterrupted as exc:

@@ -1,6 +1,15 @@
-"""Rich progress bars for the library's :class:`~searcher.library.Progress` hooks."""
+"""Rich progress bars for the library's :class:`~searcher.library.Progress` hooks.
+
+With ``status_file`` the same progress is also written (atomically, at most twice a second) to a small
+JSON file, so another process (the web app's status page) can show it while ``searcher index`` runs.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
 
 from rich.progress import (
     BarColumn,
@@ -14,7 +23,10 @@ from rich.progress import (
 )
 
 from searcher.cli.app import err_console
+from searcher.files import atomic_write_bytes
 from searcher.library import Progress as ProgressHooks
+
+INDEX_STATUS_FILE = "index-status.json"  # in the library folder; read by searcher.web
 
 
 class RateColumn(TextColumn):
@@ -33,12 +45,29 @@ class RateColumn(TextColumn):
 class RichProgress(ProgressHooks):
     """Draws one bar per stage (on stderr, so --json output stays clean)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, status_file: Path | None = None) -> None:
         self.enabled = enabled
         self._bar: Progress | None = None
         self._task = None
+        self._status_file = status_file
+        self._status: dict = {}
+        self._written = 0.0
+
+    def _write_status(self, force: bool = False) -> None:
+        """Best effort: a status file that cannot be written never stops the indexing."""
+        if self._status_file is None or (not force and time.monotonic() - self._written < 0.5):
+            return
+        self._written = time.monotonic()
+        self._status["updated"] = time.time()
+        try:
+            atomic_write_bytes(self._status_file, json.dumps(self._status).encode())
+        except OSError:
+            pass
 
     def begin(self, label: str, total: int) -> None:
+        self._status = {"pid": os.getpid(), "stage": label, "total": total, "done": 0, "running": True,
+                        "started": self._status.get("started", time.time())}  # fmt: skip
+        self._write_status(force=True)
         if not self.enabled:
             return
         self.end()
@@ -59,10 +88,16 @@ class RichProgress(ProgressHooks):
         self._task = self._bar.add_task(label, total=total or None)
 
     def advance(self, n: int = 1) -> None:
+        if self._status:
+            self._status["done"] += n
+            self._write_status()
         if self._bar is not None and self._task is not None:
             self._bar.advance(self._task, n)
 
     def end(self) -> None:
+        if self._status.get("running"):
+            self._status["running"] = False
+            self._write_status(force=True)
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

@@ -21,25 +21,42 @@ def serve(
     runtime: RuntimeOption = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")] = 64,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every request on stderr.")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SEARCHER_TOKEN", help="Token every request must carry (needed off loopback).",
+                     show_default=False),
+    ] = None,
+    generate_token: Annotated[
+        bool, typer.Option("--generate-token", help="Make a random token and print it (for a non-loopback host).")
+    ] = False,
     library: LibraryOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Serve queries over HTTP with the model kept loaded (answers in milliseconds).
+    """Serve the web app (search, browse, duplicates, status) and the JSON API, model kept loaded.
 
-    GET /health, GET /info, GET /query?path=<indexed image>&k=10&threshold=0.8, and
-    POST /query with an image (raw body or multipart field 'image'). JSON answers.
-    No authentication: keep it on 127.0.0.1 or behind a proxy. Ctrl-C stops it.
+    Open http://127.0.0.1:8765/ in a browser. JSON: GET /health, GET /info,
+    GET /query?path=<indexed image>&k=10&threshold=0.8, POST /query with an image (raw body or
+    multipart field 'image'). Loopback only unless a token is given (--token, SEARCHER_TOKEN or
+    --generate-token); state changes need the page's CSRF token. Ctrl-C stops it.
     """
     from rich.markup import escape
 
     from searcher.serve import is_loopback, make_server
+    from searcher.web import generate_token as new_token
 
-    if not is_loopback(host):
-        err_console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach it can query it")
+    if generate_token and not token:
+        token = new_token()
+        err_console.print(f"token: {token}  (open the server once with ?token=<token>)")
+    if not is_loopback(host) and not token:
+        err_console.print(
+            f"[red]error:[/] refusing to listen on {escape(host)} without a token: anyone who can reach it "
+            "could read and move your files. Pass --token, set SEARCHER_TOKEN, or use --generate-token"
+        )
+        raise typer.Exit(2)
     err_console.print("loading the library and the model ...")
     server = make_server(
         library, host, port, backbone=backbone, pooling=pooling,
-        max_upload=int(max_upload_mb * 1024 * 1024), verbose=verbose,
+        max_upload=int(max_upload_mb * 1024 * 1024), verbose=verbose, token=token,
     )  # fmt: skip
     health = server.service.health()
     console.print(
