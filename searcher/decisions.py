@@ -9,54 +9,26 @@
 * :class:`RotatedVectorRow`: the vectors of a picture turned by 90 and 180 degrees
   (``duplicates --rotations``), by content hash and model, so they are embedded once.
 
-Both tables use :data:`searcher.store.Base`, so ``init_schema`` creates them.
+The tables are defined in :mod:`searcher.store` (the schema lives in one module, so
+``init_schema`` creates them and store never imports this module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Float, Integer, LargeBinary, String, Text, select, tuple_
+from sqlalchemy import select, tuple_
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from searcher.store import Base
+from searcher.store import Base, NotDuplicateRow, PairScoreRow, RotatedVectorRow
+
+__all__ = ["NotDuplicateRow", "PairScoreRow", "RotatedVectorRow"]  # defined in store (schema), re-exported here
 
 
 def pair_key(a: str, b: str) -> tuple[str, str]:
     """The two hashes in a canonical order (a pair is unordered)."""
     return (a, b) if a <= b else (b, a)
-
-
-class NotDuplicateRow(Base):
-    """A pair of contents the user said are not duplicates of each other."""
-
-    __tablename__ = "not_duplicates"
-    hash_a: Mapped[str] = mapped_column(String(64), primary_key=True)
-    hash_b: Mapped[str] = mapped_column(String(64), primary_key=True)
-    note: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(UTC))
-
-
-class PairScoreRow(Base):
-    """A cached pixel-verification score of a pair of contents."""
-
-    __tablename__ = "pair_scores"
-    hash_a: Mapped[str] = mapped_column(String(64), primary_key=True)
-    hash_b: Mapped[str] = mapped_column(String(64), primary_key=True)
-    version: Mapped[str] = mapped_column(String(16), primary_key=True)
-    score: Mapped[float] = mapped_column(Float)
-
-
-class RotatedVectorRow(Base):
-    """The vector of a content turned by ``turns`` quarter turns (counter-clockwise) under one model."""
-
-    __tablename__ = "rotated_vectors"
-    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model_key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    turns: Mapped[int] = mapped_column(Integer, primary_key=True)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def ensure_tables(engine: Engine) -> None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -125,10 +126,35 @@ def _under(path: str, folders: Sequence[str]) -> int:
     return -1
 
 
+COPY_NAME = re.compile(
+    r"(^copy of\b)|(\bcopy\b)|(_copy\d*$)|(\(\d+\)$)|((?<![\d-])[-_]\d$)", re.IGNORECASE
+)  # "Copy of x", "x copy", "x (1)", "x-1", "x_copy", "x - Copy 2"
+
+
+def looks_like_copy(path: str) -> bool:
+    """Whether a file's name (without extension) reads like a copy someone made of another file."""
+    stem = Path(path).stem.strip()
+    return bool(COPY_NAME.search(stem))
+
+
+KEEP_REASONS = (
+    "in a reference folder",
+    "in a preferred folder",
+    "highest resolution",
+    "largest file",
+    "oldest",
+    "name does not look like a copy",
+    "shortest path",
+    "first by path",
+)
+
+
 @dataclass
 class KeepRules:
     """Which copy of a group is kept: in a ``reference`` folder (never touched), then in a
-    ``prefer`` folder (earlier folders first), then highest resolution, largest file, oldest."""
+    ``prefer`` folder (earlier folders first), then highest resolution, largest file, oldest,
+    then a name that does not look like a copy (``copy``, ``(1)``, ``-1``, ``Copy of``), then
+    the shorter path."""
 
     prefer: list[str] = field(default_factory=list)
     reference: list[str] = field(default_factory=list)
@@ -141,6 +167,7 @@ class KeepRules:
         return _under(path, self.reference) >= 0
 
     def sort_key(self, m: Member) -> tuple[Any, ...]:
+        """One entry per :data:`KEEP_REASONS` (lower wins)."""
         pref = _under(m.path, self.prefer)
         return (
             0 if self.is_reference(m.path) else 1,
@@ -148,8 +175,23 @@ class KeepRules:
             -((m.width or 0) * (m.height or 0)),
             -m.size,
             m.mtime_ns,
+            1 if looks_like_copy(m.path) else 0,
+            len(m.path),
             m.path,
         )
+
+    def reason(self, kept: Member, others: Sequence[Member]) -> str:
+        """Why ``kept`` wins over ``others``: the first rule that tells it from the runner-up."""
+        if self.is_reference(kept.path):
+            return KEEP_REASONS[0]
+        if not others:
+            return "only file"
+        mine = self.sort_key(kept)
+        runner_up = min(self.sort_key(o) for o in others)
+        for name, a, b in zip(KEEP_REASONS, mine, runner_up, strict=True):
+            if a != b:
+                return name
+        return KEEP_REASONS[-1]
 
     def as_dict(self) -> dict[str, Any]:
         return {"prefer": self.prefer, "reference": self.reference}
@@ -173,6 +215,7 @@ class Member:
     match: str = "exact"  # how this member relates to the representative
     keep: bool = True
     reference: bool = False
+    reason: str = ""  # why a kept member is kept (empty for members marked to move)
 
     @property
     def mtime(self) -> str:
@@ -181,7 +224,7 @@ class Member:
     def as_dict(self) -> dict[str, Any]:
         return {
             "path": self.path, "score": round(self.score, 4), "cosine": round(self.cosine, 4),
-            "match": self.match, "keep": self.keep, "reference": self.reference,
+            "match": self.match, "keep": self.keep, "reference": self.reference, "reason": self.reason,
             "width": self.width, "height": self.height, "size": self.size, "format": self.format,
             "mtime": self.mtime, "mtime_ns": self.mtime_ns, "content_hash": self.content_hash,
         }  # fmt: skip
@@ -909,6 +952,13 @@ def _build_group(
     for i, m in enumerate(out):
         m.reference = rules.is_reference(m.path)
         m.keep = tier == "similar" or i == 0 or m.reference
+    if tier == "similar":
+        for m in out:
+            m.reason = "suggestion only"
+    else:
+        for m in out:
+            if m.keep:
+                m.reason = rules.reason(m, [o for o in out if not o.keep])
     head, rest = out[0], out[1:]
     rest.sort(key=lambda m: (-m.score, m.path))
     ordered = [head, *rest]

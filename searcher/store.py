@@ -116,6 +116,39 @@ class EmbeddingRow(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+# --- duplicate decisions (used by searcher.decisions) ---
+
+
+class NotDuplicateRow(Base):
+    """A pair of contents the user said are not duplicates of each other."""
+
+    __tablename__ = "not_duplicates"
+    hash_a: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hash_b: Mapped[str] = mapped_column(String(64), primary_key=True)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(UTC))
+
+
+class PairScoreRow(Base):
+    """A cached pixel-verification score of a pair of contents."""
+
+    __tablename__ = "pair_scores"
+    hash_a: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hash_b: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(16), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+
+
+class RotatedVectorRow(Base):
+    """The vector of a content turned by ``turns`` quarter turns (counter-clockwise) under one model."""
+
+    __tablename__ = "rotated_vectors"
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    turns: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -245,6 +278,3 @@ def rows_under(session: Session, roots: Iterable[Path]) -> Iterator[ImageRow]:
 def now_ts() -> float:
     return time.time()
 
-
-# Tables defined in other modules register on Base here, so init_schema's create_all makes them.
-from searcher import decisions  # noqa: E402, F401

@@ -7,11 +7,13 @@ Exit codes of ``searcher query --dir DIR --duplicates-only`` (see :func:`run_inc
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -154,6 +156,15 @@ def _print_csv(report) -> None:
             )  # fmt: skip
 
 
+def common_folder(paths: list[str]) -> str:
+    """The deepest folder holding every path ("" when they share none but the root)."""
+    try:
+        folder = os.path.commonpath([os.path.dirname(p) for p in paths])
+    except ValueError:
+        return ""
+    return "" if folder in ("", os.sep) else folder
+
+
 def _print_table(report) -> None:
     if not report.groups:
         console.print("no duplicates found")
@@ -163,18 +174,25 @@ def _print_table(report) -> None:
         title = f"[{style}]{g.tier}[/] group {i}: {len(g.members)} files, spread {g.spread:.3f}"
         if g.tier == "similar":
             title += " (suggestion only)"
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for col, justify in (("keep", "left"), ("score", "right"), ("path", "left"), ("resolution", "right"),
-                             ("size", "right"), ("format", "left"), ("modified", "left")):  # fmt: skip
-            table.add_column(col, justify=justify, overflow="fold" if col == "path" else None)  # type: ignore[arg-type]
-        for m in g.members:
+        folder = common_folder([m.path for m in g.members])
+        console.print(title)
+        if folder:  # on its own line, never wrapped: it can be copied as one path
+            console.print(f"in {escape(folder)}", soft_wrap=True)
+        shown = [os.path.relpath(m.path, folder) if folder else m.path for m in g.members]
+        # the path gets the width: no vertical rules, no format column (the extension says it)
+        table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("keep", no_wrap=True)
+        table.add_column("score", justify="right", no_wrap=True)
+        table.add_column("path", overflow="fold", ratio=1, min_width=min(max(map(len, shown)), 40))
+        table.add_column("pixels", justify="right", no_wrap=True)
+        table.add_column("size", justify="right", no_wrap=True)
+        table.add_column("modified", no_wrap=True)
+        for m, path in zip(g.members, shown, strict=True):
             keep = "[green]keep[/]" if m.keep else "[red]move[/]"
             if m.reference:
                 keep += " (ref)"
             res = f"{m.width}x{m.height}" if m.width else ""
-            table.add_row(
-                keep, f"{m.score:.3f}", escape(m.path), res, human_bytes(m.size), m.format or "", m.mtime[:19]
-            )
+            table.add_row(keep, f"{m.score:.3f}", escape(path), res, human_bytes(m.size), m.mtime[:10])
         console.print(table)
     counts: dict[str, int] = {}
     for g in report.groups:
