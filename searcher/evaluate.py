@@ -541,6 +541,7 @@ class NearDuplicateReport:
     # with verify_top: pairs (copy, one of its first verify_top results) called duplicates at the
     # model's shipped threshold, as `searcher duplicates` calls them: precision and recall
     pairs: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # the edits' parameter split (tune/report), None = whole ranges
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -551,6 +552,7 @@ class NearDuplicateReport:
             "copies": self.copies,
             "images": self.images,
             "seed": self.seed,
+            "split": self.split,
             "options": self.options.as_dict(),
             "verify_top": self.verify_top,
             "overall": self.overall,
@@ -584,6 +586,7 @@ def near_duplicate_benchmark(
     index: bool = True,
     progress: Progress | None = None,
     verify_top: int = 0,
+    split: str | None = None,
 ) -> NearDuplicateReport:
     """Edited copies (:func:`searcher.edits.make_benchmark`) of ``sources`` photos sampled from
     ``folder`` (or of the named ones) query the folder (sources + every other image as distractors; the copies are not
@@ -591,7 +594,9 @@ def near_duplicate_benchmark(
 
     ``verify_top``: re-rank the first results by the pixel verification of the duplicates module
     (:func:`searcher.verify.verify_symmetric`, SIFT + a similarity transform + dense correlation),
-    as ``searcher duplicates`` and ``query --duplicates-only`` confirm CNN candidates."""
+    as ``searcher duplicates`` and ``query --duplicates-only`` confirm CNN candidates.
+    ``split``: ``"tune"`` or ``"report"`` parameters of the edits (:data:`searcher.edits.SPLITS`;
+    report figures on ``"report"``, tune on ``"tune"``); ``None``: the whole ranges."""
     import tempfile
 
     from searcher.edits import EDIT_KINDS, make_benchmark
@@ -626,7 +631,7 @@ def near_duplicate_benchmark(
     try:
         out_dir = workdir if workdir is not None else tmp.name  # type: ignore[union-attr]
         started = time.monotonic()
-        manifest = make_benchmark(chosen, out_dir, kinds, seed=seed)
+        manifest = make_benchmark(chosen, out_dir, kinds, seed=seed, split=split)
         seconds["edit"] = time.monotonic() - started
         started = time.monotonic()
         vectors = _database_vectors(lib, model, paths, vectors, options)
@@ -692,6 +697,7 @@ def near_duplicate_benchmark(
         folder=root, backbone=model.backbone, model_key=model.key, sources=len(chosen), copies=len(manifest),
         images=len(ids), options=options, per_kind=per_kind, overall=recalls([r for v in hits.values() for r in v]),
         seed=seed, seconds=seconds, misses=misses, verify_top=verify_top, pairs=pairs,
+        split=split,
     )  # fmt: skip
 
 

@@ -53,7 +53,7 @@ def query(
     expand: bool | None = None,
     augment: bool | None = None,
     preset: str | None = None,
-    verify: int = 0,
+    verify: int | None = None,
 ) -> list[QueryResult]:
     """Nearest neighbours of each probe image (files or folders of images), best first.
 
@@ -76,7 +76,9 @@ def query(
     similarity transform, aligned pixel correlation: :mod:`searcher.verify`, as ``searcher
     duplicates`` confirms copies), best verified first; ``Hit.verified`` holds the score. It finds
     the original of an edited copy (near-duplicate recall@1 0.961 -> 0.998 in the README) for
-    about 15 ms per verified result.
+    about 15 ms per verified result. ``None`` (default): as the preset says
+    (:attr:`searcher.rerank.Preset.verify_top`, only when the first two scores are closer than
+    ``verify_gap``); ``0``: never.
     """
     from searcher import rerank
 
@@ -144,11 +146,15 @@ def query(
         exclude = [None if include_self else self_ids.get(p) for p in ok]
         found = lib.search_probes([vectors[p] for p in ok], k, model=model, exclude=exclude, settings=settings)
         results = dict(zip(ok, found, strict=True))
-        if verify > 0:
+        top = chosen.verify_top if verify is None else verify
+        gap = chosen.verify_gap if verify is None else float("inf")
+        todo_verify = {p for p, hits in results.items() if rerank.needs_verification([h.score for h in hits], top, gap)}
+        if todo_verify:
             from searcher.verify import FeatureCache
 
-            cache = FeatureCache(capacity=max(256, 2 * verify))  # probes of one call share candidates
-            results = {p: verified_order(p, hits, verify, cache) for p, hits in results.items()}
+            cache = FeatureCache(capacity=max(256, 2 * top))  # probes of one call share candidates
+            for p in todo_verify:
+                results[p] = verified_order(p, results[p], top, cache)
     return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
 
 

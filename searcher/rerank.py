@@ -263,6 +263,26 @@ class Preset:
     qe_alpha: float = 3.0
     shortlist: int = 100
     power: float = 1.0
+    # pixel verification of the first results by default (``query(verify=None)``): the first
+    # ``verify_top`` are verified when the first two cosines differ by less than ``verify_gap``
+    verify_top: int = 0
+    verify_gap: float = float("inf")
+
+
+def verified_head(cosines: Sequence[float], verified: Sequence[float]) -> list[int]:
+    """Positions of the verified head in their new order: best verified score first, ties (e.g.
+    every result 0: nothing is a copy) keep the CNN order."""
+    del cosines  # the CNN order is the positions' order
+    return sorted(range(len(verified)), key=lambda j: (-verified[j], j))
+
+
+def needs_verification(cosines: Sequence[float], top: int, gap: float) -> bool:
+    """Whether a result list gets its first ``top`` verified: when the two best cosine scores among
+    them are closer than ``gap`` (a copy and another shot of the scene compete), always with ``gap=inf``."""
+    if top <= 0 or not len(cosines):
+        return False
+    best = sorted((float(c) for c in cosines[:top]), reverse=True)
+    return len(best) < 2 or best[0] - best[1] < gap
 
 
 # ``instance`` (the default): chosen on Oxford Flowers-17 and a near-duplicate benchmark of

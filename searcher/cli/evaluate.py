@@ -87,7 +87,20 @@ def eval_command(
             help="Instead: edited copies of this many photos of FOLDER query the folder; recall@1 per edit.",
         ),
     ] = 0,
-    edits: Annotated[str | None, typer.Option(help="Edit kinds for --near-duplicates (default: all).")] = None,
+    edits: Annotated[
+        str | None,
+        typer.Option(
+            help="Edit kinds for --near-duplicates: names, or 'classic' (the 20 of `searcher calibrate`, default) "
+            "or 'wide' (35 kinds: deeper crops, rotations, blur, screenshots, watermarks, stickers, perspective)."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="With --near-duplicates: draw edit parameters from the 'tune' or the held-out 'report' bins "
+            "(default: the whole ranges)."
+        ),
+    ] = None,
     verify: Annotated[
         int,
         typer.Option(help="With --near-duplicates: re-rank the first N results by pixel verification (0 = off)."),
@@ -159,10 +172,14 @@ def eval_command(
     with open_library(lib_path, create=True) as lib:
         common = dict(backbone=backbone, weights=weights, pooling=pooling, index=not no_index, progress=progress)
         if near_duplicates > 0:
-            kinds = [k.strip() for k in edits.split(",")] if edits else None
+            from searcher.edits import KIND_SETS, SPLITS
+
+            if split is not None and split not in SPLITS:
+                raise typer.BadParameter(f"--split must be one of {', '.join(SPLITS)}")
+            kinds = KIND_SETS.get(edits or "") or ([k.strip() for k in edits.split(",")] if edits else None)
             report = near_duplicate_benchmark(
                 lib, folder_path, sources=near_duplicates, kinds=kinds, seed=seed, options=opts,
-                workdir=keep_copies, verify_top=verify, **common,
+                workdir=keep_copies, verify_top=verify, split=split, **common,
             )  # fmt: skip
             _print_near_duplicates(report, json_output)
             return
