@@ -171,6 +171,12 @@ def browser():
         b.close()
 
 
+def _all_images_loaded(page) -> None:
+    """Lazy thumbnails below the fold load too, so a full-page screenshot shows them."""
+    page.evaluate("document.querySelectorAll('img').forEach((i) => { i.loading = 'eager'; })")
+    page.wait_for_function("() => [...document.images].every((i) => i.complete)", timeout=60_000)
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -187,6 +193,7 @@ def test_upload_finds_the_original_first(served, browser, tmp_path) -> None:
     page.wait_for_selector("#results figure", timeout=60_000)
     first = page.locator("#results figure").first.get_attribute("data-path")
     assert first == str(served["photos"] / "astronaut.jpg")
+    _all_images_loaded(page)
     page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
     # click a result: the URL then names it (bookmarkable), and the search runs from it
     page.locator("#results figure a").first.click()
@@ -194,6 +201,7 @@ def test_upload_finds_the_original_first(served, browser, tmp_path) -> None:
     page.wait_for_selector("#results figure", timeout=60_000)
     assert "astronaut.jpg" in urllib.parse.unquote(page.url)
     page.goto(url + "/browse")
+    _all_images_loaded(page)
     page.screenshot(path=str(SHOTS / "browse.png"), full_page=True)
     page.goto(url + "/status")
     page.wait_for_selector("#images", timeout=30_000)
@@ -208,6 +216,7 @@ def test_quarantine_then_undo_in_the_browser(served, browser) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.goto(served["server"].url + "/duplicates")
     page.wait_for_selector("section.group", timeout=120_000)
+    _all_images_loaded(page)
     page.screenshot(path=str(SHOTS / "duplicates.png"), full_page=True)
     button = page.locator("section.group.tier-exact button[data-action=quarantine]").first
     button.click()
