@@ -62,6 +62,7 @@ if str(REPO / "scripts") not in sys.path:  # bench_runtime.py beside this file
     sys.path.insert(0, str(REPO / "scripts"))
 
 SECTIONS = ("indexing", "memory", "latency", "search", "duplicates", "runtimes")
+OPTIONAL_SECTIONS = ("web",)  # run only when named: --sections web (scripts/bench_web.py, ~5 min)
 
 FULL = {
     "big_images": 192,  # 3000x2000
@@ -852,12 +853,26 @@ def print_table(report: dict[str, Any]) -> None:
     dup = report.get("duplicates", {})
     if "total_s" in dup:
         lines.append(f"  duplicates over {dup.get('n', 0):,} vectors: {dup['total_s']} s")
+    web = report.get("web", {}).get("load")
+    if web:
+        lines.append(f"  web load: {web['clients']} clients, {web['seconds']} s, {web['requests']} requests, "
+                     f"{web['errors']} errors")
+        for kind in ("upload", "indexed"):
+            w = web[kind]
+            lines.append(f"    {kind:8} p50 {w['p50_ms']} ms  p99 {w['p99_ms']} ms  (n {w['n']})")
     for name, t in report.get("targets", {}).items():
         lines.append(f"  [{'ok' if t['met'] else 'MISSED'}] {name}: {t['value']}")
     for name in SECTIONS:
         if report.get(name, {}).get("error"):
             lines.append(f"  section {name} FAILED: {report[name]['error']}")
     print("\n".join(lines), flush=True)
+
+
+def section_web(cfg: dict[str, Any], tmp: Path, data: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """32 clients against `searcher serve` on a 10,000-image library for 60 s (scripts/bench_web.py)."""
+    from bench_web import section_web as run_section
+
+    run_section(cfg, tmp, data, ctx)
 
 
 def run(quick: bool = False, out: Path | None = None, sections: tuple[str, ...] = SECTIONS, **overrides: Any) -> dict:
@@ -877,6 +892,7 @@ def run(quick: bool = False, out: Path | None = None, sections: tuple[str, ...] 
         "search": section_search,
         "duplicates": section_duplicates,
         "runtimes": section_runtimes,
+        "web": section_web,
     }
     started = time.perf_counter()
     import searcher.runtime
@@ -918,7 +934,7 @@ def main(argv: list[str] | None = None) -> None:
         memory_child(Path(args.memory_child[0]), Path(args.memory_child[1]), "mobilenet_025_128")
         return
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(SECTIONS) - set(OPTIONAL_SECTIONS)
     if unknown:
         ap.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
