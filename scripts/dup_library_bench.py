@@ -15,8 +15,9 @@ each round), saved as JPEG quality 90. It is indexed with ``searcher index`` (ti
 Written JSON: the time split (the stats of the report: load / candidates / verify / group), pairs
 claimed and their precision (a pair is any two files in one exact/pixels/near group; correct when both
 come from one original), copy-to-original recall overall and per edit kind, and for every copy not
-grouped with its original why: ``never a candidate`` (not among the verified CNN-neighbour pairs),
-``refused by verification`` (verified score below the threshold) or ``in another group``.
+grouped with its original why: ``refused by verification`` (the pair was verified, below the threshold),
+``in another group`` (verified above it, yet grouped elsewhere), ``candidate, not verified with its original``
+(among the CNN-neighbour pairs, but taken by another representative first) or ``never a candidate``.
 """
 
 from __future__ import annotations
@@ -44,9 +45,17 @@ sys.path.insert(0, str(REPO))
 from searcher import decisions  # noqa: E402
 from searcher import duplicates as dup  # noqa: E402
 from searcher.decode import open_image  # noqa: E402
-from searcher.edits import EDIT_KINDS, apply_edit  # noqa: E402
+from searcher.edits import KIND_SETS, apply_edit  # noqa: E402
 from searcher.library import Library  # noqa: E402
 from searcher.verify import VERIFY_VERSION  # noqa: E402
+
+# the edits default `searcher duplicates` is meant to group with their original (the wide generator's upright
+# kinds): turned copies (90/180/270 degrees, upside down) need `--rotations`; screenshots, photos of a print or
+# screen, and crops keeping under half of the picture are new pictures *of* a picture, not copies of the file
+TURNED = {"vflip", "rot90", "rot180", "rot270", "combo_rotated_thumb"}
+NOT_COPIES = {"screenshot", "perspective", "combo_photo_of_print", "combo_screenshot_share", "crop_small"}
+DUPLICATE_KINDS = tuple(k for k in KIND_SETS["wide"] if k not in TURNED | NOT_COPIES)
+SPLIT = "report"  # edit parameters from the report half (thresholds are never tuned on these)
 
 
 def shared_dir() -> Path:
@@ -61,7 +70,7 @@ def build(size: int, work: Path) -> dict[str, Any]:
     manifest_path = work / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest["size"] == size:
+        if manifest["size"] == size and manifest.get("kinds") == list(DUPLICATE_KINDS):
             return manifest
     photos = work / "photos"
     shutil.rmtree(photos, ignore_errors=True)
@@ -81,15 +90,15 @@ def build(size: int, work: Path) -> dict[str, Any]:
             }
     n_copies = max(0, size - len(files))
     images = {src: open_image(hol / "images" / f"{src}.jpg").image.convert("RGB") for src in originals}
-    jobs = list(
-        itertools.islice(((r, k, s) for r in itertools.count() for k in EDIT_KINDS for s in originals), n_copies)
-    )
+    kinds = DUPLICATE_KINDS
+    jobs = list(itertools.islice(((r, k, s) for r in itertools.count() for k in kinds for s in originals), n_copies))
     for r, kind, src in jobs:
-        rng = np.random.default_rng([int(src), r, EDIT_KINDS.index(kind)])
+        rng = np.random.default_rng([int(src), r, kinds.index(kind)])
         name = f"{src}_{kind}_{r}.jpg"
-        apply_edit(images[src], kind, rng).save(photos / name, quality=90)
+        apply_edit(images[src], kind, rng, SPLIT).save(photos / name, quality=90)
         files[name] = {"source": src, "role": kind}
-    manifest = {"size": size, "files": files, "originals": len(originals), "copies": len(jobs)}
+    manifest = {"size": size, "files": files, "originals": len(originals), "copies": len(jobs),
+                "kinds": list(kinds), "split": SPLIT}  # fmt: skip
     manifest_path.write_text(json.dumps(manifest))
     return manifest
 
@@ -124,7 +133,7 @@ def evaluate(report: dup.DuplicateReport, manifest: dict[str, Any], lib: Library
         for a, b in itertools.combinations(names, 2):
             claimed += 1
             correct += source(a) == source(b)
-    # why copies were missed: the pairs verification saw, and their cached scores
+    # why copies were missed: the scores the run verified (cached in the library), the candidate pairs
     model = lib.find_model(None)
     units, vectors = dup.load_units(lib, model, None)
     th = report.thresholds
@@ -140,6 +149,7 @@ def evaluate(report: dup.DuplicateReport, manifest: dict[str, Any], lib: Library
     why: Counter[str] = Counter()
     why_kind: dict[str, Counter[str]] = defaultdict(Counter)
     missed = []
+    scores_missed: dict[str, list[float]] = defaultdict(list)
     for name, info in files.items():
         if info["role"] in ("original", "other shot"):
             continue
@@ -150,11 +160,14 @@ def evaluate(report: dup.DuplicateReport, manifest: dict[str, Any], lib: Library
         if found:
             continue
         a, b = unit_of[name], unit_of[orig]
-        if (a, b) not in cand:
-            reason = "never a candidate"
+        s = stored.get(decisions.pair_key(units[a].content_hash, units[b].content_hash))
+        if s is not None:
+            reason = "refused by verification" if s < th.verified else "in another group"
+            scores_missed[info["role"]].append(round(s, 3))
+        elif (a, b) in cand:
+            reason = "candidate, not verified with its original"
         else:
-            s = stored.get(decisions.pair_key(units[a].content_hash, units[b].content_hash))
-            reason = "refused by verification" if s is None or s < th.verified else "in another group"
+            reason = "never a candidate"
         why[reason] += 1
         why_kind[info["role"]][reason] += 1
         missed.append({"file": name, "kind": info["role"], "why": reason})
@@ -170,6 +183,7 @@ def evaluate(report: dup.DuplicateReport, manifest: dict[str, Any], lib: Library
         "missed_why": dict(why),
         "missed_why_per_kind": {k: dict(v) for k, v in sorted(why_kind.items())},
         "missed": missed,
+        "missed_verified_scores_per_kind": {k: sorted(v) for k, v in sorted(scores_missed.items())},
     }
 
 

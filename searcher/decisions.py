@@ -73,6 +73,12 @@ def cached_scores(session: Session, pairs: Iterable[tuple[str, str]], version: s
     return out
 
 
+def has_scores(session: Session, version: str) -> bool:
+    """Whether any pair has a stored score under ``version``."""
+    stmt = select(PairScoreRow.hash_a).where(PairScoreRow.version == version).limit(1)
+    return session.execute(stmt).first() is not None
+
+
 def store_scores(session: Session, scores: dict[tuple[str, str], float], version: str) -> None:
     for (a, b), score in scores.items():
         session.merge(PairScoreRow(hash_a=a, hash_b=b, version=version, score=float(score)))

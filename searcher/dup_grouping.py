@@ -9,6 +9,10 @@ import numpy as np
 
 MAX_LAZY_COMPONENT = 64  # verify representative-vs-member pairs not among candidates in components this small
 TRY_REPRESENTATIVES = 3  # in such components, the first representative is the best of this many candidates
+MAX_DEPTH = 512  # the deepest neighbour list asked for around one representative
+MAX_ALTERNATES = 2  # members that also anchor a group (what fails against the representative is tried on them)
+ALTERNATE_SCORE = 0.9  # verified score a member needs against the representative to anchor its group too
+SAME_PICTURE_COSINE = 0.95  # CNN cosine of near-identical variants (re-saves, resizes, mirror images)
 
 
 def group_units(
@@ -134,3 +138,119 @@ def representative_order(
                 matched_sum[u] = matched_sum.get(u, 0.0) + v
     rank = {h: i for i, h in enumerate(order)}
     return sorted(order, key=lambda h: (-matched.get(h, 0), -matched_sum.get(h, 0.0), rank[h]))
+
+
+def centrality_order(
+    order: Sequence[int], edges: dict[tuple[int, int], float], floor: float, same: float = SAME_PICTURE_COSINE
+) -> list[int]:
+    """Units ranked as representatives before anything is verified: the most central first.
+
+    A unit's centrality is the sum of its CNN cosines over candidate edges of at least ``floor``. Of an
+    original and its edited copies the original is central: every copy resembles it, whereas two copies
+    (each edited its own way) resemble each other less. Near-identical variants (cosine >= ``same``: a
+    re-save, a resize, a mirror image) are about as central as the original, and whichever the CNN puts
+    a hair ahead is chance, so each unit counts the best centrality among them and ties go to ``order``
+    (the keep rules: the highest resolution, the largest file, the oldest, a name that is not a copy's).
+    Which file of a group is *kept* is decided by the keep rules alone.
+    """
+    weight: dict[int, float] = {}
+    for (a, b), s in edges.items():
+        if s >= floor:
+            weight[a] = weight.get(a, 0.0) + s
+            weight[b] = weight.get(b, 0.0) + s
+    best = dict(weight)
+    for (a, b), s in edges.items():
+        if s >= same:
+            top = max(weight.get(a, 0.0), weight.get(b, 0.0))
+            best[a] = max(best.get(a, 0.0), top)
+            best[b] = max(best.get(b, 0.0), top)
+    rank = {h: i for i, h in enumerate(order)}
+    return sorted(order, key=lambda h: (-round(best.get(h, 0.0), 6), rank[h]))
+
+
+def group_around_representatives(
+    order: Sequence[int],
+    neighbours: dict[int, set[int]],
+    score_pairs: Callable[[list[tuple[int, int]]], list[float | None]],
+    threshold: float,
+    allowed: Callable[[int, int], bool] = lambda a, b: True,
+    reachable: Callable[[int, int], bool] = lambda rep, u: True,
+    max_rounds: int = 8,
+    visited: Callable[[], None] = lambda: None,
+    deeper: Callable[[int, int], Iterable[int]] | None = None,
+    alternates: int = MAX_ALTERNATES,
+    alternate_score: float = ALTERNATE_SCORE,
+) -> list[tuple[int, list[tuple[int, float]]]]:
+    """Groups verified around representatives: about one verified pair per copy.
+
+    Units are taken in ``order`` (best representative first). A unit not yet in a group is scored against
+    its candidate ``neighbours`` that are not in a group either (``score_pairs`` scores a batch, in
+    parallel, ``None`` when a pair cannot be scored); those scoring >= ``threshold`` join it. Then the
+    neighbours of the new members that ``reachable(anchor, unit)`` allows (the caller checks the CNN
+    cosine) are scored too, for up to ``max_rounds`` rounds: copies of one original that are each
+    other's neighbours but not the original's still join it.
+
+    Which copy leads is a guess made before verifying (the CNN's centrality): a colour-jittered copy
+    may lead, and a copy with a sticker may fail against it yet match the original. So the ``alternates``
+    members that match the representative best, at >= ``alternate_score`` (near-identical versions of
+    it: the original, a re-save), are anchors too: what fails against the representative is scored
+    against them. Every member matches the representative or one of those directly (at most one step
+    away, through a near-identical picture: groups do not drift the way chains of similar pictures do),
+    and no two members of a group are a pair ``allowed`` refuses. ``visited`` is called once per unit
+    of ``order``. ``deeper(anchor, depth)``: its ``depth`` nearest units (CNN), asked for when most of
+    the representative's candidate neighbours turned out to be copies: a picture with many copies has
+    more of them than its neighbour list holds (blurred copies, say, are nearer each other than the
+    original). Returns ``[(representative, [(member, score), ...]), ...]``, each score against the
+    anchor the member matched.
+    """
+    rank = {u: r for r, u in enumerate(order)}
+    taken: set[int] = set()
+    groups: list[tuple[int, list[tuple[int, float]]]] = []
+    for rep in order:
+        visited()
+        if rep in taken or rep not in neighbours:
+            continue
+        members: list[tuple[int, float]] = []
+        in_group = {rep}
+        anchors = [rep]
+        direct: list[tuple[int, float]] = []  # members that matched the representative itself
+        searched: set[int] = set()  # anchors whose deeper neighbours were fetched
+        tried: dict[int, int] = {}  # unit -> how many anchors (in order) it was scored against
+        frontier = [u for u in neighbours[rep] if u not in taken]
+        for _ in range(max_rounds):
+            for u in frontier:
+                tried.setdefault(u, 0)
+            joined: list[int] = []
+            for ai, anchor in enumerate(anchors):
+                batch = sorted((u for u, n in tried.items() if n <= ai and u not in in_group), key=rank.__getitem__)
+                for u in batch:
+                    tried[u] = ai + 1
+                pairs = [(anchor, u) for u in batch if allowed(anchor, u) and allowed(rep, u)]
+                for (_, u), s in zip(pairs, score_pairs(pairs) if pairs else [], strict=True):
+                    if s is not None and s >= threshold and all(allowed(m, u) for m, _ in members):
+                        members.append((u, s))
+                        in_group.add(u)
+                        joined.append(u)
+                        if anchor == rep:
+                            direct.append((u, s))
+            before = len(anchors)
+            for u, s in sorted(direct, key=lambda m: (-m[1], rank[m[0]])):  # only the representative's own matches
+                if len(anchors) > alternates or s < alternate_score:
+                    break
+                if u not in anchors:
+                    anchors.append(u)
+            nearby = [w for u in joined for w in neighbours.get(u, ()) if w not in tried and w not in taken]
+            frontier = [w for w in dict.fromkeys(nearby) if w != rep and any(reachable(a, w) for a in anchors)]
+            if deeper is not None and joined and 2 * len(members) >= len(neighbours[rep]):
+                depth = min(MAX_DEPTH, 2 * (len(members) + len(neighbours[rep])))
+                for anchor in anchors:
+                    if anchor not in searched:
+                        searched.add(anchor)
+                        extra = (w for w in deeper(anchor, depth) if w not in tried and w not in taken)
+                        frontier += [w for w in extra if w != rep and w not in frontier]
+            if not frontier and len(anchors) == before:
+                break
+        if members:
+            taken.update(in_group)
+            groups.append((rep, members))
+    return groups

@@ -78,7 +78,7 @@ from searcher.dup_candidates import (  # noqa: F401  (re-exported: the public na
     candidate_pairs,
     rotated_vectors,
 )
-from searcher.dup_grouping import MAX_LAZY_COMPONENT, TRY_REPRESENTATIVES, group_units, representative_order
+from searcher.dup_grouping import centrality_order, group_around_representatives, group_units
 from searcher.dup_keep import (  # noqa: F401
     COPY_NAME,
     DEFAULT_SIMILAR_COSINE,
@@ -93,7 +93,14 @@ from searcher.dup_keep import (  # noqa: F401
 )
 from searcher.files import absolute, content_hash, discover
 from searcher.store import STATUS_OK, ImageRow, ModelRow
-from searcher.verify import VERIFY_VERSION, FeatureCache, verify_symmetric
+from searcher.verify import (
+    VERIFY_VERSION,
+    FeatureCache,
+    Features,
+    feature_cache_capacity,
+    single_threaded_blas,
+    verify_symmetric,
+)
 
 if TYPE_CHECKING:
     from searcher.library import Library, Progress
@@ -321,65 +328,88 @@ def find_duplicates(
     def head_allowed(a: int, b: int) -> bool:
         return all(allowed(x, y) for x in pixel_sets[a] for y in pixel_sets[b])
 
-    # verification, cached by content hash
-    cache = FeatureCache()
+    # verification (cached by content hash): representative-to-member pairs only, see group_around_representatives
+    to_verify = sorted([key for key, s in hcos.items() if s >= th.candidate_cosine] + list(hturned))
+    involved = sorted({u for pair in to_verify for u in pair})
+    cache = FeatureCache(capacity=feature_cache_capacity(len(involved)))
     scores: dict[tuple[int, int], float | None] = {}
     verified_new: dict[tuple[str, str], float] = {}
-    to_verify = sorted([key for key, s in hcos.items() if s >= th.candidate_cosine] + list(hturned))
-    with lib.sessions() as session:
-        stored = decisions.cached_scores(
-            session,
-            {
-                decisions.pair_key(units[head_unit[a]].content_hash, units[head_unit[b]].content_hash)
-                for a, b in to_verify
-            },
-            VERIFY_VERSION,
-        )
 
     def pair_hashes(a: int, b: int) -> tuple[str, str]:
         return decisions.pair_key(units[head_unit[a]].content_hash, units[head_unit[b]].content_hash)
 
+    with lib.sessions() as session:
+        stored = decisions.cached_scores(session, {pair_hashes(a, b) for a, b in to_verify}, VERIFY_VERSION)
+        any_stored = decisions.has_scores(session, VERIFY_VERSION)
+
+    def features(h: int) -> Features | None:
+        u = units[head_unit[h]]
+        return cache.get(u.content_hash, u.rows[0].path)
+
     def compute(a: int, b: int) -> float | None:
         ua, ub = units[head_unit[a]], units[head_unit[b]]
-        # canonical order (by content hash) so the score does not depend on who asks
-        if ua.content_hash > ub.content_hash:
-            ua, ub = ub, ua
-        fa = cache.get(ua.content_hash, ua.rows[0].path)
-        fb = cache.get(ub.content_hash, ub.rows[0].path)
+        fa, fb = features(a), features(b)
         if fa is None or fb is None:
             return None
-        return verify_symmetric(fa, fb).score
+        # canonical order (by content hash) so the score does not depend on who asks
+        return (verify_symmetric(fa, fb) if ua.content_hash <= ub.content_hash else verify_symmetric(fb, fa)).score
 
-    def score_of(a: int, b: int) -> float | None:
-        key = (min(a, b), max(a, b))
-        if key not in scores:
-            ph = pair_hashes(*key)
-            if ph in stored:
-                scores[key] = stored[ph]
-            else:
-                s = compute(*key)
-                scores[key] = s
-                if s is not None:
-                    verified_new[ph] = s
-        return scores[key]
+    with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
+        def score_pairs(pairs: list[tuple[int, int]]) -> list[float | None]:
+            keys = [(min(a, b), max(a, b)) for a, b in pairs]
+            fresh = {pair_hashes(*key) for key in keys if key not in scores} - stored.keys()
+            if fresh and any_stored:  # pairs reached through members (no candidate edge): scored in an earlier run?
+                with lib.sessions() as session:
+                    stored.update(decisions.cached_scores(session, fresh, VERIFY_VERSION))
+            todo = []
+            for key in keys:
+                if key in scores:
+                    continue
+                ph = pair_hashes(*key)
+                if ph in stored:
+                    scores[key] = stored[ph]
+                else:
+                    todo.append(key)
+            for key, v in zip(todo, pool.map(lambda p: compute(*p), todo), strict=True):
+                scores[key] = v
+                if v is not None:
+                    verified_new[pair_hashes(*key)] = v
+            return [scores[key] for key in keys]
 
-    pending = [key for key in to_verify if pair_hashes(*key) not in stored]
-    if pending:
-        progress.begin("Verifying", len(pending))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for key, s in zip(pending, pool.map(lambda p: compute(*p), pending), strict=True):
-                scores[key] = s
-                if s is not None:
-                    verified_new[pair_hashes(*key)] = s
-                progress.advance()
+        def reachable(rep: int, u: int) -> bool:
+            key = (min(rep, u), max(rep, u))
+            if key in hturned:
+                return True
+            return float(vectors[rep] @ vectors[u]) >= th.candidate_cosine
+
+        search: list[tuple[Any, Any]] = []  # the neighbour index, built on first use
+
+        def deeper(rep: int, depth: int) -> list[int]:
+            """The heads of the ``depth`` units nearest to ``rep`` with a cosine worth verifying."""
+            if not search:
+                search.append(_search_index(vectors))
+            index, project = search[0]
+            q = vectors[rep : rep + 1]
+            kk = min(len(vectors), depth * (1 if project is None else OVERSEARCH))
+            _, ids = index.search(q if project is None else project(q), kk)
+            ids = ids[0][ids[0] >= 0]
+            cosines = vectors[ids] @ vectors[rep]  # exact, whatever the index
+            best = np.argsort(-cosines, kind="stable")
+            out: list[int] = []
+            for i, c in zip(ids[best].tolist(), cosines[best].tolist(), strict=True):
+                if c < th.candidate_cosine:
+                    break
+                if head_of[i] != rep and head_of[i] not in out:
+                    out.append(head_of[i])
+            return out
+
+        progress.begin("Verifying", len(order))
+        near = group_around_representatives(
+            centrality_order(order, hcos, th.candidate_cosine), near_nbrs, score_pairs, th.verified,
+            allowed=head_allowed, reachable=reachable, visited=progress.advance, deeper=deeper,
+        )  # fmt: skip
         progress.end()
     t_verify = time.monotonic()
-
-    hub_order = representative_order(order, to_verify, score_of, head_allowed, th.verified)
-    near = group_units(
-        len(units), hub_order, score_of, near_nbrs, th.verified, allowed=head_allowed,
-        lazy_limit=MAX_LAZY_COMPONENT, try_first=TRY_REPRESENTATIVES,
-    )  # fmt: skip
     if verified_new:
         with lib.sessions() as session, session.begin():
             decisions.store_scores(session, verified_new, VERIFY_VERSION)
