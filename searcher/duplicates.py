@@ -1,5 +1,10 @@
 """Duplicate detection over an indexed library: candidates, verification, tiers, groups, keep rules.
 
+The stages live in their own modules: :mod:`searcher.dup_candidates` (CNN neighbour pairs),
+:mod:`searcher.dup_grouping` (representatives, groups that never chain), :mod:`searcher.dup_keep`
+(keep rules and the result types); this module runs them over a library (:func:`find_duplicates`)
+and checks incoming files (:func:`check_incoming`).
+
     from searcher import Library
     from searcher.duplicates import find_duplicates, KeepRules
     with Library.open() as lib:
@@ -45,22 +50,47 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 from sqlalchemy import select, update
 
 from searcher import decisions, store
 from searcher.decode import DecodeError, open_image
+from searcher.dup_candidates import (  # noqa: F401  (re-exported: the public names stay importable from here)
+    DEFAULT_CANDIDATE_COSINE,
+    DEFAULT_K,
+    INCOMING_TURNS,
+    IVF_MIN,
+    OVERSEARCH,
+    REDUCED_DIM,
+    ROTATION_K,
+    ROTATION_TURNS,
+    _knn_pairs,
+    _search_index,
+    _unique_pairs,
+    candidate_pairs,
+    rotated_vectors,
+)
+from searcher.dup_grouping import MAX_LAZY_COMPONENT, TRY_REPRESENTATIVES, group_units, representative_order
+from searcher.dup_keep import (  # noqa: F401
+    COPY_NAME,
+    DEFAULT_SIMILAR_COSINE,
+    KEEP_REASONS,
+    DuplicateReport,
+    Group,
+    KeepRules,
+    Member,
+    Thresholds,
+    _Unit,
+    looks_like_copy,
+)
 from searcher.files import absolute, content_hash, discover
 from searcher.store import STATUS_OK, ImageRow, ModelRow
 from searcher.verify import VERIFY_VERSION, FeatureCache, verify_symmetric
@@ -69,14 +99,8 @@ if TYPE_CHECKING:
     from searcher.library import Library, Progress
 
 TIERS = ("exact", "pixels", "near", "similar")
-DEFAULT_K = 10
 PIXEL_COSINE = 0.995  # pairs at least this close get a pixel-hash comparison
-DEFAULT_CANDIDATE_COSINE = 0.5  # below this the CNN says "different picture": not verified
-DEFAULT_SIMILAR_COSINE = 0.85  # "similar" suggestions (not verified copies)
 FALLBACK_THRESHOLD = 0.95  # verified-score threshold when nothing was calibrated for a model
-IVF_MIN = 50_000  # exact search below this many vectors, inverted lists above
-MAX_LAZY_COMPONENT = 64  # verify representative-vs-member pairs not among candidates in components this small
-TRY_REPRESENTATIVES = 3  # in such components, the first representative is the best of this many candidates
 
 
 # --- thresholds --------------------------------------------------------------------------------
@@ -91,16 +115,6 @@ def shipped_defaults() -> dict[str, Any]:
     return json.loads(text).get("backbones", {})
 
 
-@dataclass
-class Thresholds:
-    """The numbers duplicate detection runs with, and where the verified one came from."""
-
-    verified: float
-    candidate_cosine: float = DEFAULT_CANDIDATE_COSINE
-    similar_cosine: float = DEFAULT_SIMILAR_COSINE
-    source: str = "fallback"
-
-
 def thresholds_for(model: ModelRow, override: float | None = None) -> Thresholds:
     """``override`` > the library's own calibration (``searcher calibrate``) > the shipped default."""
     shipped = shipped_defaults().get(model.backbone, {})
@@ -113,492 +127,6 @@ def thresholds_for(model: ModelRow, override: float | None = None) -> Thresholds
     if "threshold" in shipped:
         return Thresholds(float(shipped["threshold"]), cand, similar, "shipped calibration")
     return Thresholds(FALLBACK_THRESHOLD, cand, similar, "fallback")
-
-
-# --- keep rules --------------------------------------------------------------------------------
-
-
-def _under(path: str, folders: Sequence[str]) -> int:
-    """Index of the first folder that holds ``path``, or -1."""
-    for i, folder in enumerate(folders):
-        if path == folder or path.startswith(folder.rstrip(os.sep) + os.sep):
-            return i
-    return -1
-
-
-COPY_NAME = re.compile(
-    r"(^copy of\b)|(\bcopy\b)|(_copy\d*$)|(\(\d+\)$)|((?<![\d-])[-_]\d$)", re.IGNORECASE
-)  # "Copy of x", "x copy", "x (1)", "x-1", "x_copy", "x - Copy 2"
-
-
-def looks_like_copy(path: str) -> bool:
-    """Whether a file's name (without extension) reads like a copy someone made of another file."""
-    stem = Path(path).stem.strip()
-    return bool(COPY_NAME.search(stem))
-
-
-KEEP_REASONS = (
-    "in a reference folder",
-    "in a preferred folder",
-    "highest resolution",
-    "largest file",
-    "oldest",
-    "name does not look like a copy",
-    "shortest path",
-    "first by path",
-)
-
-
-@dataclass
-class KeepRules:
-    """Which copy of a group is kept: in a ``reference`` folder (never touched), then in a
-    ``prefer`` folder (earlier folders first), then highest resolution, largest file, oldest,
-    then a name that does not look like a copy (``copy``, ``(1)``, ``-1``, ``Copy of``), then
-    the shorter path."""
-
-    prefer: list[str] = field(default_factory=list)
-    reference: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.prefer = [absolute(os.path.expanduser(p)) for p in self.prefer]
-        self.reference = [absolute(os.path.expanduser(p)) for p in self.reference]
-
-    def is_reference(self, path: str) -> bool:
-        return _under(path, self.reference) >= 0
-
-    def sort_key(self, m: Member) -> tuple[Any, ...]:
-        """One entry per :data:`KEEP_REASONS` (lower wins)."""
-        pref = _under(m.path, self.prefer)
-        return (
-            0 if self.is_reference(m.path) else 1,
-            pref if pref >= 0 else len(self.prefer),
-            -((m.width or 0) * (m.height or 0)),
-            -m.size,
-            m.mtime_ns,
-            1 if looks_like_copy(m.path) else 0,
-            len(m.path),
-            m.path,
-        )
-
-    def reason(self, kept: Member, others: Sequence[Member]) -> str:
-        """Why ``kept`` wins over ``others``: the first rule that tells it from the runner-up."""
-        if self.is_reference(kept.path):
-            return KEEP_REASONS[0]
-        if not others:
-            return "only file"
-        mine = self.sort_key(kept)
-        runner_up = min(self.sort_key(o) for o in others)
-        for name, a, b in zip(KEEP_REASONS, mine, runner_up, strict=True):
-            if a != b:
-                return name
-        return KEEP_REASONS[-1]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"prefer": self.prefer, "reference": self.reference}
-
-
-# --- results -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Member:
-    image_id: int
-    path: str
-    content_hash: str
-    width: int | None
-    height: int | None
-    size: int
-    mtime_ns: int
-    format: str | None
-    score: float = 1.0  # vs the representative: 1 for exact/pixels, verified score for near, cosine for similar
-    cosine: float = 1.0
-    match: str = "exact"  # how this member relates to the representative
-    keep: bool = True
-    reference: bool = False
-    reason: str = ""  # why a kept member is kept (empty for members marked to move)
-
-    @property
-    def mtime(self) -> str:
-        return datetime.fromtimestamp(self.mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "score": round(self.score, 4), "cosine": round(self.cosine, 4),
-            "match": self.match, "keep": self.keep, "reference": self.reference, "reason": self.reason,
-            "width": self.width, "height": self.height, "size": self.size, "format": self.format,
-            "mtime": self.mtime, "mtime_ns": self.mtime_ns, "content_hash": self.content_hash,
-        }  # fmt: skip
-
-
-@dataclass
-class Group:
-    tier: str
-    members: list[Member]  # the kept copy first
-    spread: float
-    representative: str = ""  # the file every member was compared with (scores are against it)
-
-    @property
-    def kept(self) -> Member:
-        return self.members[0]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "tier": self.tier, "spread": round(self.spread, 4), "representative": self.representative,
-            "members": [m.as_dict() for m in self.members],
-        }  # fmt: skip
-
-
-@dataclass
-class DuplicateReport:
-    groups: list[Group]
-    model: str
-    thresholds: Thresholds
-    rules: KeepRules
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "threshold": self.thresholds.verified,
-            "threshold_source": self.thresholds.source,
-            "keep_rules": self.rules.as_dict(),
-            "stats": self.stats,
-            "groups": [g.as_dict() for g in self.groups],
-        }
-
-
-# --- candidate generation ------------------------------------------------------------------------
-
-
-REDUCED_DIM = 128  # candidate search on large libraries runs on PCA-reduced vectors, then re-scores exactly
-OVERSEARCH = 3  # approximate search: fetch this many times k neighbours, keep the k best by exact cosine
-ROTATION_TURNS = (1, 2)  # quarter turns probed: 90 and 180 degrees (90 from the other side covers 270)
-ROTATION_K = 5  # nearest pictures of each turned probe that become candidates
-INCOMING_TURNS = (1, 2, 3)  # query --duplicates-only: the library is not turned, so every turn of the probe
-
-
-def _search_index(
-    vectors: np.ndarray, nprobe: int = 12
-) -> tuple[faiss.Index, Callable[[np.ndarray], np.ndarray] | None]:
-    """An inner-product index over ``vectors`` and how to turn query vectors into its space.
-
-    Small sets: exact search on the vectors (the projection is None: queries as they are).
-    Large sets (>= :data:`IVF_MIN`): PCA to :data:`REDUCED_DIM` dimensions (trained on a
-    fixed sample), re-normalised, in an inverted-file index; candidates found this way are
-    re-scored with the full vectors by the caller.
-    """
-    n, dim = vectors.shape
-    if n < IVF_MIN:
-        index = faiss.IndexFlatIP(dim)
-        index.add(vectors)
-        return index, None
-    rng = np.random.default_rng(0)
-    nlist = int(2 * np.sqrt(n))
-    sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))]
-    red = min(REDUCED_DIM, dim)
-    pca = faiss.PCAMatrix(dim, red)
-    pca.train(sample)
-
-    def project(x: np.ndarray) -> np.ndarray:
-        out = pca.apply(np.ascontiguousarray(x, dtype=np.float32))
-        out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-12
-        return out
-
-    quantizer = faiss.IndexFlatIP(red)
-    index = faiss.IndexIVFFlat(quantizer, red, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = 0
-    index.train(project(sample))
-    for start in range(0, n, 65536):
-        index.add(project(vectors[start : start + 65536]))
-    index.nprobe = nprobe
-    return index, project
-
-
-def _knn_pairs(
-    index: faiss.Index,
-    project: Callable[[np.ndarray], np.ndarray] | None,
-    queries: np.ndarray,
-    vectors: np.ndarray,
-    k: int,
-    min_cosine: float,
-    batch: int,
-    skip_self: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query row, vector row, exact cosine) of each query's ``k`` nearest vectors with cosine >= ``min_cosine``.
-
-    With a projection (the approximate index), :data:`OVERSEARCH` times as many neighbours are
-    fetched in the reduced space and the ``k`` best by exact cosine are kept: the reduced space
-    ranks neighbours differently, and re-ranking a few more recovers most of the exact ones.
-    """
-    n = len(vectors)
-    want = k + 1 if skip_self else k
-    kk = min(n, want if project is None else want * OVERSEARCH)
-    rows, cols, sims = [], [], []
-    if project is not None:
-        batch = min(batch, 256)  # batch x kk full vectors are gathered for re-ranking
-    for start in range(0, len(queries), batch):
-        part = queries[start : start + batch]
-        scores, ids = index.search(part if project is None else project(part), kk)
-        q = np.repeat(np.arange(start, start + len(ids)), kk).reshape(ids.shape)
-        ok = ids >= 0
-        if skip_self:
-            ok &= ids != q
-        if project is not None:  # exact cosines on the full vectors, then the best k of each query
-            safe = np.where(ok, ids, 0)
-            scores = np.einsum("qd,qkd->qk", part, vectors[safe])
-            scores = np.where(ok, scores, -np.inf)
-            best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            ids = np.take_along_axis(ids, best, axis=1)
-            scores = np.take_along_axis(scores, best, axis=1)
-            q = q[:, :k]
-            ok = np.isfinite(scores)
-        c, s, q = ids.ravel(), scores.ravel(), q.ravel()
-        keep = ok.ravel() & (s >= min_cosine)
-        rows.append(q[keep])
-        cols.append(c[keep])
-        sims.append(s[keep])
-    if not rows:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, np.float32)
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(sims).astype(np.float32)
-
-
-def _unique_pairs(i: np.ndarray, j: np.ndarray, s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unordered pairs (lo < hi), each once with its highest score, sorted by (lo, hi); self-pairs dropped."""
-    keep = i != j
-    i, j, s = i[keep], j[keep], s[keep]
-    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
-    key = lo * n + hi
-    order = np.lexsort((-s, key))
-    key, lo, hi, s = key[order], lo[order], hi[order], s[order]
-    first = np.ones(len(key), bool)
-    first[1:] = key[1:] != key[:-1]
-    return lo[first], hi[first], np.minimum(s[first], 1.0).astype(np.float32)
-
-
-def candidate_pairs(
-    vectors: np.ndarray,
-    k: int = DEFAULT_K,
-    min_cosine: float = DEFAULT_CANDIDATE_COSINE,
-    batch: int = 1024,
-    probes: np.ndarray | None = None,
-    probe_k: int = ROTATION_K,
-    probe_cosine: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i < j) of rows of ``vectors`` among each other's ``k`` nearest neighbours with cosine >= ``min_cosine``.
-
-    Returns ``(i, j, cosine)`` sorted by (i, j), cosines from the full vectors; memory is O(n k), never O(n^2).
-    ``probes`` (optional, ``(n, p, dim)``): more query vectors per row (the picture turned, say); their
-    ``probe_k`` nearest rows with cosine >= ``probe_cosine`` (default ``min_cosine``) are candidates of
-    that row too, under the probe's cosine. The index is built once for both.
-    """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(vectors)
-    if n < 2:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, np.float32)
-    index, project = _search_index(vectors)
-    i, j, s = _knn_pairs(index, project, vectors, vectors, k, min_cosine, batch, skip_self=True)
-    if probes is not None and len(probes):
-        p = probes.shape[1]
-        flat = np.ascontiguousarray(probes.reshape(n * p, -1), dtype=np.float32)
-        floor = min_cosine if probe_cosine is None else probe_cosine
-        pi, pj, ps = _knn_pairs(index, project, flat, vectors, probe_k, floor, batch, skip_self=False)
-        i, j, s = np.concatenate([i, pi // p]), np.concatenate([j, pj]), np.concatenate([s, ps])
-    return _unique_pairs(i, j, s, n)
-
-
-# --- turned probes (``--rotations``) -----------------------------------------------------------------
-
-
-def rotated_vectors(
-    lib: Library,
-    model: ModelRow,
-    units: Sequence[_Unit],
-    *,
-    turns: Sequence[int] = ROTATION_TURNS,
-    batch: int = 32,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """``(len(units), len(turns), dim)`` vectors of each unit's picture turned by ``turns`` quarter turns.
-
-    The model's input (the picture squashed to its square size) is turned, which is the same as
-    turning the picture first. Cached by content hash in ``rotated_vectors``: embedded once.
-    An undecodable picture gets zero vectors (they match nothing).
-    """
-    from searcher.decode import load_for_model
-    from searcher.library import Progress
-
-    progress = progress or Progress()
-    out = np.zeros((len(units), len(turns), model.dim), np.float32)
-    with lib.sessions() as session:
-        cached = decisions.cached_rotations(session, model.key, [u.content_hash for u in units], turns)
-    missing = []
-    for ui, u in enumerate(units):
-        for ti, t in enumerate(turns):
-            blob = cached.get((u.content_hash, t))
-            if blob is None:
-                missing.append(ui)
-                break
-            out[ui, ti] = np.frombuffer(blob, np.float32)
-    if not missing:
-        return out
-    embedder = lib.embedder_for(model)
-    size = embedder.input_size
-    progress.begin("Embedding turned pictures", len(missing))
-
-    def load(ui: int) -> np.ndarray | None:
-        try:
-            return load_for_model(units[ui].rows[0].path, size)[0]
-        except (DecodeError, OSError):
-            return None
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for start in range(0, len(missing), batch):
-            part = missing[start : start + batch]
-            arrays = list(pool.map(load, part))
-            ok = [ui for ui, a in zip(part, arrays, strict=True) if a is not None]
-            stack = [np.rot90(a, t) for a in arrays if a is not None for t in turns]
-            new: dict[tuple[str, int], bytes] = {}
-            if stack:
-                vecs = embedder.embed(np.stack(stack)).reshape(len(ok), len(turns), -1)
-                for ui, v in zip(ok, vecs, strict=True):
-                    out[ui] = v
-                    for t, vt in zip(turns, v, strict=True):
-                        new[(units[ui].content_hash, t)] = np.ascontiguousarray(vt, np.float32).tobytes()
-            with lib.sessions() as session, session.begin():
-                decisions.store_rotations(session, model.key, new)
-            progress.advance(len(part))
-    progress.end()
-    return out
-
-
-# --- the grouping algorithm (pure: no files, no database) -------------------------------------------
-
-
-def group_units(
-    n: int,
-    order: Sequence[int],
-    edge_score: Callable[[int, int], float | None],
-    neighbours: dict[int, set[int]],
-    threshold: float,
-    allowed: Callable[[int, int], bool] = lambda a, b: True,
-    lazy_limit: int = MAX_LAZY_COMPONENT,
-    try_first: int = 1,
-) -> list[tuple[int, list[tuple[int, float]]]]:
-    """Representative-based grouping that never chains.
-
-    ``order`` ranks units best-first as representatives; ``neighbours`` are the candidate
-    edges; ``edge_score(a, b)`` gives (or computes) the score of a pair, ``None`` if it
-    cannot be scored. Within each connected component of edges scoring >= ``threshold``,
-    units are taken best first; one that scores >= ``threshold`` against no representative
-    so far becomes a representative. Every other unit then joins the representative it
-    scores *best* against (not merely the first it passes), so each member matches its
-    own representative directly (pairs not among the candidates are scored too when the
-    component has at most ``lazy_limit`` units), and no two members of a group are a pair
-    that ``allowed`` refuses. ``try_first`` > 1: in components scored in full (at most
-    ``lazy_limit`` units), the first representative is whichever of the ``try_first``
-    best-ranked units passes the most others. Returns
-    ``[(representative, [(member, score), ...]), ...]`` for groups of two or more.
-    """
-    rank = {u: r for r, u in enumerate(order)}
-    adjacent: dict[int, set[int]] = {}  # candidate edges, both ways
-    for a, nbrs in neighbours.items():
-        for b in nbrs:
-            adjacent.setdefault(a, set()).add(b)
-            adjacent.setdefault(b, set()).add(a)
-    strong: dict[int, set[int]] = {}
-    for a, nbrs in adjacent.items():
-        for b in nbrs:
-            if a < b and allowed(a, b):
-                s = edge_score(a, b)
-                if s is not None and s >= threshold:
-                    strong.setdefault(a, set()).add(b)
-                    strong.setdefault(b, set()).add(a)
-    seen: set[int] = set()
-    groups: list[tuple[int, list[tuple[int, float]]]] = []
-    for start in sorted(strong, key=lambda u: rank[u]):
-        if start in seen:
-            continue
-        comp, stack = [], [start]
-        seen.add(start)
-        while stack:
-            u = stack.pop()
-            comp.append(u)
-            for v in strong.get(u, ()):
-                if v not in seen:
-                    seen.add(v)
-                    stack.append(v)
-        comp.sort(key=lambda u: rank[u])
-        lazy = len(comp) <= lazy_limit
-
-        def score(rep: int, u: int) -> float | None:
-            if not allowed(rep, u):
-                return None
-            s = edge_score(rep, u)
-            return s if s is not None and s >= threshold else None
-
-        if lazy and try_first > 1 and len(comp) > 2:
-            passes = [sum(score(c, u) is not None for u in comp if u != c) for c in comp[:try_first]]
-            first = comp[int(np.argmax(passes))]  # the earliest of the best
-            comp.remove(first)
-            comp.insert(0, first)
-        crank = {u: i for i, u in enumerate(comp)}  # rank within the component
-
-        def rivals(u: int, reps: Iterable[int], lazy: bool = lazy, crank: dict[int, int] = crank) -> list[int]:
-            """The representatives ``u`` may be scored against, best-ranked first."""
-            if lazy:
-                return sorted(reps, key=crank.__getitem__)
-            near = adjacent.get(u, set())
-            return sorted((r for r in near if r in reps), key=crank.__getitem__)
-
-        # 1. representatives, best first: a unit that passes no better-ranked representative is one
-        reps: set[int] = set()
-        rep_order: list[int] = []
-        for u in comp:
-            if all(score(r, u) is None for r in rivals(u, reps)):
-                reps.add(u)
-                rep_order.append(u)
-        # 2. every other unit joins the representative it scores best against (ties: the better-ranked),
-        # unless a pair of its group is not allowed (then the next best; failing all, it stays alone)
-        members: dict[int, list[tuple[int, float]]] = {r: [] for r in rep_order}
-        for u in comp:
-            if u in reps:
-                continue
-            passed = [(s, -crank[r], r) for r in rivals(u, reps) if (s := score(r, u)) is not None]
-            for s, _, r in sorted(passed, reverse=True):
-                if all(allowed(m, u) for m, _ in members[r]):
-                    members[r].append((u, s))
-                    break
-        groups.extend((r, members[r]) for r in rep_order if members[r])
-    return groups
-
-
-def representative_order(
-    order: Sequence[int],
-    edges: Iterable[tuple[int, int]],
-    score: Callable[[int, int], float | None],
-    allowed: Callable[[int, int], bool],
-    threshold: float,
-) -> list[int]:
-    """Units ranked as representatives (the pictures group members are compared with).
-
-    The one most others match first. Of an original and its edited copies, the original matches
-    every copy, whereas two copies (each edited its own way) match each other less often; a copy as
-    representative (say, a noisy one of the same resolution and a bigger file) would leave its crops
-    and borders out. Ties: the mean matching score, then ``order`` (the keep rules). Which file of a
-    group is *kept* is decided by the keep rules alone.
-    """
-    matched: dict[int, int] = {}
-    matched_sum: dict[int, float] = {}
-    for a, b in edges:
-        v = score(a, b)
-        if v is not None and v >= threshold and allowed(a, b):
-            for u in (a, b):
-                matched[u] = matched.get(u, 0) + 1
-                matched_sum[u] = matched_sum.get(u, 0.0) + v
-    rank = {h: i for i, h in enumerate(order)}
-    return sorted(order, key=lambda h: (-matched.get(h, 0), -matched_sum.get(h, 0.0), rank[h]))
 
 
 # --- pixel hashes ----------------------------------------------------------------------------------
@@ -617,15 +145,6 @@ def pixel_hash(path: str) -> str | None:
 
 
 # --- the library-level entry point -----------------------------------------------------------------
-
-
-@dataclass
-class _Unit:
-    """One distinct content (one or more files with the same bytes)."""
-
-    content_hash: str
-    rows: list[Member]
-    pixel_hash: str | None = None
 
 
 def _members_of(rows: Iterable[ImageRow]) -> list[Member]:
