@@ -30,6 +30,10 @@ recorded at the start and end of each section (other work on the machine skews t
    build time is extrapolated (n log n fit), which the report says.
 5. ``duplicates``: time of the candidate + grouping stage of ``searcher duplicates`` over 100k
    vectors (``scripts/bench_duplicates.py``'s ``time_stage`` on its planted-duplicate vectors).
+
+``--scale`` (never part of the runs above) hands over to ``scripts/bench_scale.py``: the
+memory-bounded ``ivfpq-disk`` index at 1M and 10M vectors (build time, peak RSS, disk, p50/p99,
+recall@10), one child process per size.
 """
 
 from __future__ import annotations
@@ -921,7 +925,14 @@ def run(quick: bool = False, out: Path | None = None, sections: tuple[str, ...] 
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--scale" in argv:  # the memory-bounded index at 1M/10M vectors (~1 h): scripts/bench_scale.py
+        from bench_scale import main as scale_main
+
+        scale_main([a for a in argv if a != "--scale"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", action="store_true", help="run scripts/bench_scale.py instead (see its --help)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min): a smoke test of the script")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "bench.json")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")

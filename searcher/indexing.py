@@ -152,7 +152,7 @@ def _apply_index_type(
     if requested is not None:
         with lib.sessions() as session, session.begin():
             lib._set_meta(session, f"index_type:{model.key}", requested)
-    wanted = choose_kind(requested or lib.index_type(model), len(index), index.kind)
+    wanted = choose_kind(requested or lib.index_type(model), len(index), index.kind, dim=index.dim)
     if wanted != index.kind or index.kind != "flat":
         progress.begin(f"Building the {wanted} index", 0)
         index.set_kind(wanted)  # no-op unless the type changes or the index outgrew its training

@@ -230,7 +230,7 @@ class Library:
                 except (ValueError, OSError):
                     index, state = None, None  # rebuilt below from the stored vectors
             if index is None:
-                index = VectorIndex(model.dim)
+                index = VectorIndex(model.dim, home=path)
             if state is None or state.revision != revision or state.count != len(index):
                 expected = store.vector_ids(session, model.id)
 

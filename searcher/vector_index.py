@@ -25,6 +25,12 @@ Index types (``kind``):
     (``IndexHNSWSQ``), re-ranked exactly like ``ivfpq``. Extra memory:
     ``2 * dim`` (fp16) ``+ ~8 * M * 1.1`` (graph links) ``+ 8`` bytes per vector
     (~2.9 KB at 1280-d, M=32).
+``ivfpq-disk``
+    The memory-bounded type for millions of vectors: the same IVF-PQ shortlist in RAM, but no
+    flat store; the full vectors live in a file beside the index (:mod:`searcher.vector_store`,
+    float32, or float16 with ``store="float16"``) and only the re-ranked candidates are read
+    from it, so returned scores stay exact cosines (to ~1e-3 with float16). RAM: ``m / 2 + 16``
+    bytes per vector (96 B at 1280-d: ~1 GB at 10M); disk: ``4 * dim`` (or ``2 * dim``) bytes.
 
 Removals: HNSW cannot delete, and FAISS 1.15's fast-scan IVF mis-encodes vectors added
 after a ``remove_ids`` (seen here: re-added vectors stopped finding themselves), so neither
@@ -36,6 +42,9 @@ vectors the approximate index is rebuilt from the flat store (IVF keeps its trai
 ``auto`` (the default) keeps ``flat`` below :data:`AUTO_ANN_MIN` vectors, where an
 exact scan answers in a few milliseconds, and switches to :data:`AUTO_ANN_KIND`
 above it (see ``scripts/bench.py`` for the measurements behind both numbers).
+It switches to ``ivfpq-disk`` when the flat copies of the vectors would take more than
+:data:`AUTO_MEMORY_FRACTION` of the memory available (``/proc/meminfo`` MemAvailable, plus what
+the index itself already holds), and back only once they would fit in half of that.
 Every type returns exact cosine scores, so thresholds mean the same whatever the type.
 """
 
@@ -56,16 +65,26 @@ import faiss
 import numpy as np
 
 from searcher.files import atomic_write, atomic_write_bytes
+from searcher.vector_store import DiskVectors, new_store_path, store_files
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
-KINDS = ("flat", "hnsw", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "ivfpq-disk")
+KINDS = ("flat", "hnsw", "ivfpq", "ivfpq-disk")
+DISK_KIND = "ivfpq-disk"
+IVF_KINDS = ("ivfpq", DISK_KIND)
 
 # Measured on a 2-core CPU at 1280-d (scripts/bench.py): an exact scan of 50k vectors takes
 # ~10 ms per query, growing linearly (~100 ms at 500k); IVF-PQ + exact re-ranking stays at
 # ~1-3 ms with recall@10 >= 0.95 from 50k to 1M. Below this size exact search is fast enough.
 AUTO_ANN_MIN = 50_000
 AUTO_ANN_KIND = "ivfpq"
+# auto keeps the vectors in RAM while their flat copies take at most this share of the memory
+# available; above it the index becomes ``ivfpq-disk`` (~96 B per vector in RAM at 1280-d)
+AUTO_MEMORY_FRACTION = 0.5
 
+# ivfpq-disk is for millions of vectors, where assigning each to one of 4096 cells dominates the
+# build: measured on 2 busy cores at 1280-d, 18k vectors/s are added to IVF1024,PQ160x4fs and
+# 3.6k/s to IVF4096 (10M vectors: 9 vs 46 minutes); searches then scan more codes per cell
+DISK_MAX_CELLS = 1024
 IVF_MIN_TRAIN = 2_048  # fewer vectors than this: no IVF yet (searches are exact and fast anyway)
 IVF_RETRAIN_GROWTH = 16  # retrain (more cells) once the index holds 16x the vectors it was trained on
 STALE_FRACTION = 0.25
@@ -75,6 +94,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 96, "rerank": 40},
     # nprobe / rerank_min: None = sized for the current count at search time (ivf_search_params)
     "ivfpq": {"rerank_factor": 20, "rerank_min": None, "nprobe": None},
+    DISK_KIND: {"rerank_factor": 20, "rerank_min": None, "nprobe": None, "store": "float32"},
 }
 
 _MAGIC = b"SEARCHER-VINDEX1"
@@ -176,16 +196,44 @@ def omp_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def choose_kind(requested: str, count: int, current: str = "flat") -> str:
+def available_memory() -> int:
+    """Bytes of memory the system can give without swapping (MemAvailable; sysconf elsewhere)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def choose_kind(
+    requested: str, count: int, current: str = "flat", *, dim: int | None = None, available: int | None = None
+) -> str:
     """The index type to use for ``count`` vectors when the user asked for ``requested``.
 
     ``auto`` switches to :data:`AUTO_ANN_KIND` at :data:`AUTO_ANN_MIN` vectors and back to
     ``flat`` only below half of that (so a library hovering at the threshold does not flip).
+    Given ``dim``, it also weighs memory: ``ivfpq-disk`` once the flat copies of ``count``
+    vectors exceed :data:`AUTO_MEMORY_FRACTION` of ``available`` bytes (default: what the system
+    has available now, plus what an in-RAM index of ``current`` type already holds), and back
+    only when they fit in half of that.
     """
     if requested not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {', '.join(INDEX_TYPES)}, not {requested!r}")
     if requested != "auto":
         return requested
+    if dim is not None:
+        flat_bytes = count * bytes_per_vector("ivfpq", dim)
+        if available is None:
+            held = count * bytes_per_vector(current, dim) if current != DISK_KIND else 0
+            available = available_memory() + int(held)
+        limit = AUTO_MEMORY_FRACTION * available * (0.5 if current == DISK_KIND else 1.0)
+        if flat_bytes > limit:
+            return DISK_KIND
+    if current == DISK_KIND:
+        current = AUTO_ANN_KIND
     if current != "flat":
         return current if count >= AUTO_ANN_MIN // 2 else "flat"
     return AUTO_ANN_KIND if count >= AUTO_ANN_MIN else "flat"
@@ -199,6 +247,8 @@ def bytes_per_vector(kind: str, dim: int, params: dict[str, Any] | None = None) 
         return float(flat)
     if kind == "ivfpq":
         return float(flat + p.get("m", pq_subquantizers(dim)) / 2 + 8)
+    if kind == DISK_KIND:  # PQ code + its row label + the row's image id; the vectors are on disk
+        return float(p.get("m", pq_subquantizers(dim)) / 2 + 16)
     return float(flat + 2 * dim + 8 * p["M"] * 1.1 + 8)
 
 
@@ -246,11 +296,19 @@ class VectorIndex:
         params: dict[str, Any] | None = None,
         ann: faiss.Index | None = None,
         stale: Iterable[int] = (),
+        *,
+        disk: DiskVectors | None = None,
+        home: Path | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r}")
         self.dim = dim
-        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # the vectors: in RAM (``index``, a flat store) or, for ``ivfpq-disk``, in a file (``disk``)
+        self.disk = disk
+        self.index = None if disk is not None else (
+            index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        )
+        self.home = home  # the index file's path: where an ``ivfpq-disk`` store is created
         self.kind = kind
         self.params: dict[str, Any] = {**DEFAULT_PARAMS[kind], **(params or {})}
         self.ann = ann  # None: every search is an exact scan of ``index``
@@ -271,7 +329,7 @@ class VectorIndex:
                 digest = hashlib.sha256()
                 head = handle.read(len(_MAGIC))
                 if head == _MAGIC:
-                    vindex = cls._load_container(handle, digest)
+                    vindex = cls._load_container(handle, digest, path)
                 else:
                     handle.seek(0)
                     flat = _read_index(handle, key[2], digest)
@@ -281,8 +339,10 @@ class VectorIndex:
             raise
         except Exception as exc:  # faiss raises RuntimeError with C++ text
             raise ValueError(f"unreadable FAISS index {path.name}: {str(exc).splitlines()[0][:200]}") from exc
-        if vindex.dim != dim or vindex.index.d != dim:
-            raise ValueError(f"FAISS index {path.name} has dimension {vindex.index.d}, expected {dim}")
+        vindex.home = path
+        held_dim = vindex.index.d if vindex.index is not None else vindex.dim
+        if vindex.dim != dim or held_dim != dim:
+            raise ValueError(f"FAISS index {path.name} has dimension {held_dim}, expected {dim}")
         state = None
         try:
             raw = json.loads(cls.sidecar_path(path).read_text())
@@ -303,7 +363,7 @@ class VectorIndex:
         raise ValueError("FAISS index without ids")
 
     @classmethod
-    def _load_container(cls, handle: BinaryIO, digest: Any) -> VectorIndex:
+    def _load_container(cls, handle: BinaryIO, digest: Any, path: Path) -> VectorIndex:
         """Our own layout: magic, FAISS parts back to back, JSON header, its length, trailer."""
         handle.seek(-(len(_TRAILER) + 8), os.SEEK_END)
         tail = handle.read()
@@ -315,7 +375,7 @@ class VectorIndex:
         header = json.loads(raw_header)
         digest.update(_MAGIC)
         handle.seek(len(_MAGIC))
-        flat, ann, stale = None, None, np.zeros(0, np.int64)
+        flat, ann, stale, row_ids = None, None, np.zeros(0, np.int64), None
         for name, offset, length in header["parts"]:  # in file order, so the hash is of the whole file
             if offset != handle.tell():
                 raise ValueError("corrupt index file layout")
@@ -328,15 +388,40 @@ class VectorIndex:
                 digest.update(data)
                 if name == "stale":
                     stale = np.frombuffer(data, dtype="<i8")
+                elif name == "rows":
+                    row_ids = np.frombuffer(data, dtype="<i8")
         digest.update(raw_header)
         digest.update(tail)
-        if flat is None:
+        dim = int(header["dim"])
+        disk = None
+        if "store" in header:  # ivfpq-disk: the vectors are in a file beside this one
+            meta = header["store"]
+            if row_ids is None or len(row_ids) != int(meta["rows"]):
+                raise ValueError("index file without its row table")
+            disk = DiskVectors(path.parent / meta["file"], dim, meta["dtype"], int(meta["rows"]), row_ids)
+            if disk.digest() != meta["digest"]:
+                disk.close()
+                raise ValueError(f"vectors file {meta['file']} does not match its index")
+        elif flat is None:
             raise ValueError("index file without vectors")
-        return cls(int(header["dim"]), flat, header["kind"], header.get("params"), ann, stale.tolist())
+        return cls(dim, flat, header["kind"], header.get("params"), ann, stale.tolist(), disk=disk)
 
     def save(self, path: Path, revision: int) -> IndexState:
-        """Atomically write the index (streamed: no in-memory copy), then its sidecar."""
+        """Atomically write the index (streamed: no in-memory copy), then its sidecar.
+
+        An ``ivfpq-disk`` store is written and fsynced first (copied beside ``path`` if it lives
+        elsewhere); once the new index is in place, vectors files it no longer uses are deleted.
+        """
         result: dict[str, Any] = {}
+        store: dict[str, Any] | None = None
+        if self.disk is not None:
+            if self.disk.path.parent.resolve() != path.parent.resolve() or not self.disk.path.name.startswith(
+                f"{path.stem}.vectors-"
+            ):
+                self._replace_store(self.disk.compacted(new_store_path(path), keep_dead=True))
+            self.disk.sync()
+            store = {"file": self.disk.path.name, "dtype": self.disk.dtype.name, "rows": self.disk.rows}
+            store["digest"] = self.disk.digest()
 
         def write(handle: BinaryIO) -> None:
             out = _HashingWriter(handle)
@@ -346,7 +431,11 @@ class VectorIndex:
                 out.write(_MAGIC)
                 parts = []
                 start = out.size
-                parts.append(["flat", start, out.write_index(self.index)])
+                if self.index is not None:
+                    parts.append(["flat", start, out.write_index(self.index)])
+                if self.disk is not None:
+                    start = out.size
+                    parts.append(["rows", start, out.write(self.disk.row_ids.astype("<i8").tobytes())])
                 if self.ann is not None:
                     start = out.size
                     parts.append(["ann", start, out.write_index(self.ann)])
@@ -354,9 +443,10 @@ class VectorIndex:
                     start = out.size
                     data = np.asarray(sorted(self._stale), dtype="<i8").tobytes()
                     parts.append(["stale", start, out.write(data)])
-                header = json.dumps(
-                    {"kind": self.kind, "dim": self.dim, "params": self.params, "parts": parts}
-                ).encode()
+                fields = {"kind": self.kind, "dim": self.dim, "params": self.params, "parts": parts}
+                if store is not None:
+                    fields["store"] = store
+                header = json.dumps(fields).encode()
                 out.write(header)
                 out.write(struct.pack("<Q", len(header)))
                 out.write(_TRAILER)
@@ -369,6 +459,11 @@ class VectorIndex:
             pass
         state = IndexState(revision, len(self), result["sha256"], self.dim, self.kind, dict(self.params))
         atomic_write_bytes(self.sidecar_path(path), json.dumps(state.__dict__).encode())
+        self.home = path
+        for old in store_files(path):  # stores of earlier saves (readers that opened one keep reading it)
+            if self.disk is None or old.name != self.disk.path.name:
+                with contextlib.suppress(OSError):
+                    old.unlink()
         return state
 
     @staticmethod
@@ -382,7 +477,7 @@ class VectorIndex:
 
     # --- content ---
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return self.disk.live if self.disk is not None else int(self.index.ntotal)
 
     @property
     def approximate(self) -> bool:
@@ -390,6 +485,8 @@ class VectorIndex:
         return self.ann is not None
 
     def ids(self) -> np.ndarray:
+        if self.disk is not None:
+            return self.disk.ids()
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -397,6 +494,12 @@ class VectorIndex:
         if len(ids) == 0:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        if self.disk is not None:  # the ann's labels are rows of the store, not image ids
+            rows = self.disk.append(ids, vectors)
+            if self.ann is not None:
+                with omp_threads(build_threads()):
+                    self.ann.add_with_ids(vectors, rows)
+            return
         self.index.add_with_ids(vectors, ids)
         if self.ann is not None:
             with omp_threads(build_threads()):  # batches of ~32 while indexing: no fork/join storms
@@ -409,6 +512,11 @@ class VectorIndex:
         arr = np.unique(np.fromiter(ids, dtype=np.int64))
         if len(arr) == 0:
             return 0
+        if self.disk is not None:  # dead rows stay in the file and the ann until compacted
+            removed = self.disk.kill(self.disk.rows_of(arr))
+            if self.disk.rows - self.disk.live > max(256, STALE_FRACTION * self.disk.live):
+                self._compact()
+            return removed
         if self.ann is not None:
             live = arr[np.isin(arr, self.ids())]
         removed = int(self.index.remove_ids(faiss.IDSelectorBatch(arr)))
@@ -420,10 +528,20 @@ class VectorIndex:
         return removed
 
     def reconstruct(self, image_id: int) -> np.ndarray:
+        if self.disk is not None:
+            rows = self.disk.rows_of(np.array([image_id], np.int64))
+            if len(rows) == 0:
+                raise KeyError(f"id {image_id} is not in the index")
+            return self.disk.read(rows[-1:])[0]
         return self.index.reconstruct(int(image_id))
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (id, vector) held, as arrays (a copy: ``4 * dim`` bytes per vector)."""
+        if self.disk is not None:
+            ids = self.disk.row_ids.copy()
+            parts = [v[ids[s : s + len(v)] >= 0] for s, v in self.disk.chunks()]
+            vecs = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+            return ids[ids >= 0], vecs
         inner = faiss.downcast_index(self.index.index)
         n = len(self)
         return self.ids(), inner.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
@@ -445,8 +563,8 @@ class VectorIndex:
     def _search(self, queries: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         n = len(queries)
         if self.ann is None or exact:
-            return self.index.search(queries, k)
-        if self.kind == "ivfpq":
+            return self._exact(queries, k)
+        if self.kind in IVF_KINDS:
             nprobe, candidates = ivf_search_params(len(self), int(self.params["nlist"]))
             wanted = max(k * int(self.params["rerank_factor"]), int(self.params.get("rerank_min") or candidates))
             params: Any = faiss.SearchParametersIVF()
@@ -456,7 +574,7 @@ class VectorIndex:
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(int(self.params["ef_search"]), wanted)
         if 4 * wanted >= len(self):  # asking for a good part of the index: a full scan is as fast, and exact
-            return self.index.search(queries, k)
+            return self._exact(queries, k)
         scores = np.full((n, k), -np.inf, np.float32)
         labels = np.full((n, k), -1, np.int64)
         for start in range(0, n, 256):
@@ -467,6 +585,26 @@ class VectorIndex:
             labels[start : start + len(q)] = lab
         return scores, labels
 
+    def _exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` over every vector (the flat store, or the disk store read in chunks)."""
+        if self.disk is None:
+            return self.index.search(queries, k)
+        n = len(queries)
+        best_s = np.full((n, k), -np.inf, np.float32)
+        best_r = np.full((n, k), -1, np.int64)
+        row_ids = self.disk.row_ids
+        for start, vecs in self.disk.chunks():
+            scores = queries @ vecs.T
+            scores[:, row_ids[start : start + len(vecs)] < 0] = -np.inf
+            kk = min(k, scores.shape[1])
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            all_s = np.concatenate([best_s, np.take_along_axis(scores, top, axis=1)], axis=1)
+            all_r = np.concatenate([best_r, top + start], axis=1)
+            order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+            best_s, best_r = np.take_along_axis(all_s, order, axis=1), np.take_along_axis(all_r, order, axis=1)
+        ids = np.where(np.isfinite(best_s) & (best_r >= 0), row_ids[np.maximum(best_r, 0)], -1)
+        return best_s, ids
+
     def _stale_sorted(self) -> np.ndarray:
         if self._stale_cache is None:
             self._stale_cache = np.sort(np.fromiter(self._stale, dtype=np.int64, count=len(self._stale)))
@@ -474,6 +612,8 @@ class VectorIndex:
 
     def _rerank(self, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of the candidate ids from the flat store; the best ``k`` of each row."""
+        if self.disk is not None:
+            return self._rerank_disk(queries, cand, k)
         cand = cand.copy()
         if self._stale:
             stale = self._stale_sorted()
@@ -504,6 +644,28 @@ class VectorIndex:
             out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
         return out_s, out_i
 
+    def _rerank_disk(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of candidate rows read from the disk store (each row read once)."""
+        assert self.disk is not None
+        row_ids = self.disk.row_ids
+        cand = np.where(rows >= 0, row_ids[np.maximum(rows, 0)], -1)  # dead rows: -1
+        valid = cand >= 0
+        scores = np.full(cand.shape, -np.inf, np.float32)
+        if valid.any():
+            wanted, where = np.unique(rows[valid], return_inverse=True)
+            vecs = self.disk.read(wanted)[where.ravel()]
+            qrows = np.nonzero(valid)[0]
+            scores[valid] = np.einsum("ij,ij->i", vecs, queries[qrows])
+        kk = min(k, cand.shape[1])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+        out_s = np.take_along_axis(scores, top, axis=1)
+        out_i = np.take_along_axis(cand, top, axis=1)
+        out_i[~np.isfinite(out_s)] = -1
+        if kk < k:
+            out_s = np.pad(out_s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+            out_i = np.pad(out_i, ((0, 0), (0, k - kk)), constant_values=-1)
+        return out_s, out_i
+
     # --- index types ---
     def set_kind(self, kind: str, params: dict[str, Any] | None = None) -> bool:
         """Switch to ``kind`` (building its approximate index from the flat store); True if it changed."""
@@ -513,19 +675,66 @@ class VectorIndex:
             return self.maintain()
         self.kind = kind
         self.params = {**DEFAULT_PARAMS[kind], **(params or {})}
+        self._move_vectors()
         self._build_ann()
         return True
+
+    def _move_vectors(self) -> None:
+        """Put the vectors where the current kind keeps them: a disk store for ``ivfpq-disk``, else RAM."""
+        if self.kind == DISK_KIND:
+            dtype = str(self.params.get("store") or "float32")
+            if self.disk is not None and self.disk.dtype.name == dtype:
+                return
+            if self.home is None:
+                raise ValueError("an ivfpq-disk index needs a location for its vectors file (home=...)")
+            store = DiskVectors(new_store_path(self.home), self.dim, dtype, create=True)
+            if self.disk is not None:  # another storage type: copied row by row
+                for start, vecs in self.disk.chunks():
+                    ids = self.disk.row_ids[start : start + len(vecs)]
+                    store.append(ids[ids >= 0], vecs[ids >= 0])
+                self.disk.close()
+            else:
+                ids = self.ids()
+                inner = faiss.downcast_index(self.index.index)
+                for start in range(0, len(ids), 50_000):
+                    count = min(50_000, len(ids) - start)
+                    store.append(ids[start : start + count], inner.reconstruct_n(start, count))
+            store.flush()
+            self.disk, self.index, self.ann = store, None, None
+            self._stale.clear()
+            self._stale_cache = None
+        elif self.disk is not None:
+            flat = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            for start, vecs in self.disk.chunks():
+                ids = self.disk.row_ids[start : start + len(vecs)]
+                flat.add_with_ids(np.ascontiguousarray(vecs[ids >= 0]), ids[ids >= 0])
+            self.disk.close()  # its file is deleted by the next save
+            self.disk, self.index, self.ann = None, flat, None
+
+    def _compact(self) -> None:
+        """Copy the live rows of the disk store to a new file and rebuild the ann over them."""
+        assert self.disk is not None
+        home = self.home or self.disk.path.with_name(self.disk.path.name.split(".vectors-")[0] + ".faiss")
+        self._replace_store(self.disk.compacted(new_store_path(home)), rows_changed=True)
+
+    def _replace_store(self, store: DiskVectors, rows_changed: bool = False) -> None:
+        assert self.disk is not None
+        store.owned = True
+        self.disk.close()
+        self.disk = store
+        if rows_changed and self.ann is not None:
+            self._build_ann(retrain=False)
 
     def maintain(self) -> bool:
         """Bring the approximate index up to the current size (first build, or retrain after growth)."""
         if self.kind == "flat":
             return False
         if self.ann is None:
-            if self.kind == "ivfpq" and len(self) < IVF_MIN_TRAIN:
+            if self.kind in IVF_KINDS and len(self) < IVF_MIN_TRAIN:
                 return False
             self._build_ann()
             return True
-        if self.kind == "ivfpq" and len(self) > IVF_RETRAIN_GROWTH * int(self.params.get("trained_on", len(self))):
+        if self.kind in IVF_KINDS and len(self) > IVF_RETRAIN_GROWTH * int(self.params.get("trained_on", len(self))):
             for key in ("nlist", "trained_on"):  # sized again for the new count
                 self.params.pop(key, None)
             self._build_ann()
@@ -541,15 +750,15 @@ class VectorIndex:
         self._stale.clear()
         self._stale_cache = None
         n = len(self)
-        if not retrain and self.kind == "ivfpq" and self.ann is not None:
+        if not retrain and self.kind in IVF_KINDS and self.ann is not None:
             self.ann.reset()
             self._add_all_to(self.ann)
             return
         self.ann = None
-        if self.kind == "flat" or (self.kind == "ivfpq" and n < IVF_MIN_TRAIN):
+        if self.kind == "flat" or (self.kind in IVF_KINDS and n < IVF_MIN_TRAIN):
             return
-        inner = faiss.downcast_index(self.index.index)
         if self.kind == "hnsw":
+            inner = faiss.downcast_index(self.index.index)
             ann = faiss.IndexHNSWSQ(
                 self.dim, faiss.ScalarQuantizer.QT_fp16, int(self.params["M"]), faiss.METRIC_INNER_PRODUCT
             )
@@ -558,6 +767,8 @@ class VectorIndex:
             wrapped = faiss.IndexIDMap(ann)
         else:
             nlist = int(self.params.get("nlist") or 0) or ivf_cells(n)
+            if self.kind == DISK_KIND and not self.params.get("nlist"):
+                nlist = min(nlist, DISK_MAX_CELLS)
             nlist = max(1, min(nlist, n // 39))
             m = int(self.params.get("m") or 0) or pq_subquantizers(self.dim)
             ann = faiss.index_factory(self.dim, f"IVF{nlist},PQ{m}x4fs", faiss.METRIC_INNER_PRODUCT)
@@ -566,15 +777,25 @@ class VectorIndex:
             ivf.cp.niter = 15
             ivf.cp.max_points_per_centroid = 64
             sample_n = min(n, max(64 * nlist, 65_536))
-            pick = np.sort(np.random.default_rng(0).choice(n, size=sample_n, replace=False))
-            xb = faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
-            ann.train(np.ascontiguousarray(xb[pick]))
+            if self.disk is not None:
+                ann.train(self.disk.sample(sample_n))
+            else:
+                inner = faiss.downcast_index(self.index.index)
+                pick = np.sort(np.random.default_rng(0).choice(n, size=sample_n, replace=False))
+                xb = faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
+                ann.train(np.ascontiguousarray(xb[pick]))
             self.params.update(nlist=nlist, m=m, trained_on=n)
             wrapped = ann
         self._add_all_to(wrapped)
         self.ann = wrapped
 
     def _add_all_to(self, ann: faiss.Index) -> None:
+        if self.disk is not None:  # labels are rows; dead rows are left out
+            for start, vecs in self.disk.chunks():
+                live = self.disk.row_ids[start : start + len(vecs)] >= 0
+                rows = np.arange(start, start + len(vecs), dtype=np.int64)
+                ann.add_with_ids(np.ascontiguousarray(vecs[live]), rows[live])
+            return
         inner = faiss.downcast_index(self.index.index)
         ids = self.ids()
         for start in range(0, len(ids), 50_000):

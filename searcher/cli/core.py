@@ -62,9 +62,10 @@ def index(
         str | None,
         typer.Option(
             "--index-type",
-            help="Vector index: auto (exact below 50k vectors, IVF-PQ with exact re-ranking above), "
-            "flat (always exact), hnsw or ivfpq. Remembered per model. Default: the model's current choice, "
-            "else auto.",
+            help="Vector index: auto (exact below 50k vectors, IVF-PQ with exact re-ranking above, "
+            "ivfpq-disk when the vectors would fill half the free RAM), flat (always exact), hnsw, ivfpq or "
+            "ivfpq-disk (full vectors in a file beside the index, ~100 bytes of RAM per vector). "
+            "Remembered per model. Default: the model's current choice, else auto.",
             show_default=False,
         ),
     ] = None,
