@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from searcher import regions, rerank
+from searcher import Library, regions, rerank
+
 
 
 def test_region_boxes_of_a_7x7_map_are_13_squares_inside_it() -> None:
@@ -79,3 +83,51 @@ def test_merge_regional_promotes_a_clearly_better_region_only() -> None:
     assert kept.ids.tolist() == [1, 3]
     tie = regions.merge_regional(ranked, {2: 0.85}, 3, margin=0.05)  # 0.80 = 0.80: global order first
     assert tie.ids.tolist() == [1, 2, 3]
+
+
+def test_picture_box_finds_the_picture_in_screenshots_and_not_in_plain_photos(sample_photos: Path) -> None:
+    from searcher.decode import load_for_model
+    from searcher.edits import apply_edit
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.corrcoef(a.astype(float).ravel(), b.astype(float).ravel())[0, 1])
+
+    names = sorted(p.name for p in sample_photos.iterdir() if p.suffix in (".jpg", ".png"))
+    found, false_boxes = 0, []
+    for n, name in enumerate(names):
+        pixels, decoded = load_for_model(sample_photos / name, (224, 224))
+        if rerank.picture_box(pixels) is not None:
+            false_boxes.append(name)
+        shot = apply_edit(decoded.image, "screenshot", np.random.default_rng(n))
+        shot_pixels = np.asarray(shot.resize((224, 224), Image.Resampling.BILINEAR))
+        box = rerank.picture_box(shot_pixels)
+        if box is None:
+            continue
+        found += 1
+        t, b, left, right = box
+        back = np.asarray(Image.fromarray(shot_pixels[t:b, left:right]).resize((224, 224)))
+        # the box holds the picture: resized back, it correlates with the photo; the screenshot does not
+        assert corr(back, pixels) > corr(shot_pixels, pixels) + 0.1, name
+    assert found >= 0.8 * len(names), found
+    assert len(false_boxes) <= 1, false_boxes  # (the retina photo sits on black: a frame indeed)
+
+
+def test_default_query_finds_the_source_of_a_screenshot_a_plain_query_misses(
+    holidays_subset: dict, tmp_path: Path
+) -> None:
+    from searcher.edits import apply_edit
+
+    preset = rerank.DEFAULTS
+    assert preset.regional_margin is not None and preset.verify_top > 0  # on by default
+    source = holidays_subset["folder"] / "100000.jpg"
+    probe = tmp_path / "shot.jpg"
+    apply_edit(Image.open(source).convert("RGB"), "screenshot", np.random.default_rng(3)).save(probe, quality=90)
+    with Library.open(holidays_subset["library"]) as lib:
+        default = lib.query([probe], k=10)[0]
+        plain = lib.query([probe], k=10, verify=0, invariant=False, augment=False)[0]
+    assert Path(default.results[0].path).name == "100000.jpg"
+    assert default.results[0].verified is not None  # verified by default: the first cosines were close
+    assert all(-1.0 <= h.score <= 1.0 for h in default.results)  # scores stay plain cosines
+    names = [Path(h.path).name for h in plain.results]
+    assert names[:1] != ["100000.jpg"], names  # the whole screenshot alone does not find it first
+    assert all(h.verified is None for h in plain.results)
