@@ -223,7 +223,9 @@ class RetrievalOptions:
     - ``mode``/``scales``: how images become vectors: ``squash`` at scale 1 reuses the library's
       stored vectors; ``aspect`` (short side at the input size) or other scales re-embed the folder;
     - ``power``: signed power normalisation of probe and shortlist (1 = off); with it, DBA and QE
-      stay within the shortlist (see :func:`searcher.rerank.retrieve`).
+      stay within the shortlist (see :func:`searcher.rerank.retrieve`);
+    - ``regional_margin``: the probe's regions (:mod:`searcher.regions`) also search the global
+      vectors, an image keeping max(global, regional - margin) (``None`` = off).
     """
 
     invariant: tuple[str, ...] = ("identity",)
@@ -240,6 +242,7 @@ class RetrievalOptions:
     margin: float = 0.0
     dba_local: bool = False
     power: float = 1.0
+    regional_margin: float | None = None
 
     @classmethod
     def from_preset(cls, name: str | None = None, **changes: Any) -> RetrievalOptions:
@@ -252,6 +255,7 @@ class RetrievalOptions:
             invariant=rerank.invariance_kinds(p.invariant), trim=p.trim, margin=p.margin,
             dba_k=p.dba_k if p.augment else 0, dba_alpha=p.dba_alpha, dba_local=p.dba_local,
             qe_k=p.qe_k if p.expand else 0, qe_alpha=p.qe_alpha, shortlist=p.shortlist, power=p.power,
+            regional_margin=p.regional_margin,
         )  # fmt: skip
         return replace(base, **changes)
 
@@ -277,6 +281,8 @@ class RetrievalOptions:
             parts.append(f"DBA(k={self.dba_k},a={self.dba_alpha:g}{',local' if self.dba_local else ''})")
         if self.qe_k:
             parts.append(f"aQE(k={self.qe_k},a={self.qe_alpha:g})")
+        if self.regional_margin is not None:
+            parts.append(f"probe regions (margin {self.regional_margin:g})")
         return " + ".join(parts) or "plain"
 
     def as_dict(self) -> dict[str, Any]:
@@ -321,14 +327,34 @@ class Ranker:
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         return self.vectors[[self._row[int(i)] for i in ids]]
 
-    def rank(self, variants: np.ndarray, k: int | None = None, exclude: Sequence[int] = ()):  # -> rerank.Ranked
-        from searcher import rerank
+    def rank(
+        self,
+        variants: np.ndarray,
+        k: int | None = None,
+        exclude: Sequence[int] = (),
+        probe_regions: np.ndarray | None = None,
+    ):  # -> rerank.Ranked
+        """The ``k`` best ids for one probe's ``variants``; with ``probe_regions`` (and
+        ``options.regional_margin`` set, no whitening) merged with its regional matches."""
+        from searcher import regions, rerank
 
         k = len(self.ids) if k is None else k
         cache = self.cache if len(exclude) <= 1 else None
-        return rerank.retrieve(
-            self.search, self.reconstruct, self.probe(variants), k, self.settings, exclude=exclude, cache=cache
-        )
+        probes = self.probe(variants)
+        ranked = rerank.retrieve(self.search, self.reconstruct, probes, k, self.settings, exclude=exclude, cache=cache)
+        margin = self.options.regional_margin
+        if probe_regions is None or margin is None or self.whitening is not None:
+            return ranked
+        found = regions.regional_scores(probes[0], probe_regions, None, self.search, REGIONAL_DEPTH, exclude)
+        return regions.merge_regional(ranked, found, k, margin)
+
+    def plain_scores(self, variants: np.ndarray, ranked: Any) -> np.ndarray:
+        """The plain cosine of each ranked id with the probe view that ranked it (``Hit.score`` of
+        :meth:`searcher.Library.query`, what the default verification's gap rule reads)."""
+        if len(ranked.ids) == 0:
+            return np.zeros(0, np.float32)
+        views = self.probe(variants)[ranked.variant]
+        return np.einsum("nd,nd->n", views, self.reconstruct(ranked.ids))
 
 
 # --- evaluating a folder -------------------------------------------------------------------------
@@ -407,6 +433,8 @@ def _prepare(
     return root, model, ids, paths, vectors
 
 
+REGIONAL_DEPTH = 100  # as :func:`searcher.querying.search_probes`
+
 # Probe vectors already computed in this process: (model key, file digest, mode, scales) -> {transform: vector}.
 # Lets several option sets (plain, rotations, rotations + flips, ...) share one embedding of each probe.
 _PROBE_CACHE: dict[tuple[str, str, str, tuple[float, ...]], dict[str, np.ndarray]] = {}
@@ -433,13 +461,20 @@ def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: Retrie
         have = _PROBE_CACHE.setdefault(key, {})
         wanted = [*kinds, *(f"trim:{k}" for k in kinds)] if options.trim else list(kinds)
         todo = [k for k in wanted if k not in have]
+        if options.regional_margin is not None and options.stored_vectors and "regions" not in have:
+            from searcher.regions import region_vectors
+
+            pixels, _ = load_for_model(p, embedder.input_size)
+            have["regions"] = region_vectors(embedder.feature_maps(pixels[None]))[0]
         if todo:
             if options.stored_vectors:
                 pixels, _ = load_for_model(p, embedder.input_size)
-                inner = rerank.trim_border(pixels) if options.trim else None
+                inner, framed = rerank.inner_picture(pixels) if options.trim else (None, False)
                 views = []
                 for k in todo:
                     base = pixels if not k.startswith("trim:") else inner
+                    if k.startswith("trim:") and not framed and k != f"trim:{kinds[0]}":
+                        base = None  # a screenshot's picture: upright only (as rerank.probe_views)
                     views.append(None if base is None else rerank.array_variants(base, [k.removeprefix("trim:")])[0])
                 good = [v for v in views if v is not None]
                 vectors = iter(embedder.embed(np.stack(good)) if good else [])
@@ -452,6 +487,15 @@ def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: Retrie
                 have.update({k: None for k in todo if k.startswith("trim:")})  # frames: squash mode only
         out.append(np.stack([have[k] for k in wanted if have[k] is not None]))
     return out
+
+
+def _probe_regions(lib: Library, model: Any, paths: Sequence[str], options: RetrievalOptions) -> list[Any]:
+    """The region vectors (:mod:`searcher.regions`) of each probe file, or ``None`` for each when
+    ``options`` has no regional matching."""
+    if options.regional_margin is None or not options.stored_vectors:
+        return [None] * len(paths)
+    _embed_paths(lib, model, paths, options)  # computed there, cached
+    return [_PROBE_CACHE[(model.key, _digest(p), options.mode, tuple(options.scales))]["regions"] for p in paths]
 
 
 def _database_vectors(
@@ -502,6 +546,7 @@ def evaluate_folder(
         probes = _embed_paths(lib, model, [paths[r] for r in qrows], options)
     else:
         probes = [vectors[r][None] for r in qrows]
+    probe_regions = _probe_regions(lib, model, [paths[r] for r in qrows], options)
     seconds["embed"] = time.monotonic() - started
     started = time.monotonic()
     ranker = Ranker(ids, vectors, options)
@@ -509,8 +554,8 @@ def evaluate_folder(
     started = time.monotonic()
     rankings: dict[str, np.ndarray] = {}
     positives: dict[str, set[int]] = {}
-    for q, r, variants in zip(queries, qrows, probes, strict=True):
-        rankings[q] = ranker.rank(variants, exclude=[int(ids[r])]).ids
+    for q, r, variants, own in zip(queries, qrows, probes, probe_regions, strict=True):
+        rankings[q] = ranker.rank(variants, exclude=[int(ids[r])], probe_regions=own).ids
         positives[q] = {int(ids[row_of[found[p]]]) for p in groundtruth.queries[q] if p in found}
     seconds["rank"] = time.monotonic() - started
     metrics = score_rankings(rankings, positives, ks)
@@ -542,6 +587,8 @@ class NearDuplicateReport:
     # model's shipped threshold, as `searcher duplicates` calls them: precision and recall
     pairs: dict[str, Any] = field(default_factory=dict)
     split: str | None = None  # the edits' parameter split (tune/report), None = whole ranges
+    verify_gap: float = float("inf")  # verified only when the two best cosines are closer than this
+    verified_share: float = 0.0  # the share of copies whose first results were verified
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -555,6 +602,8 @@ class NearDuplicateReport:
             "split": self.split,
             "options": self.options.as_dict(),
             "verify_top": self.verify_top,
+            "verify_gap": self.verify_gap if self.verify_gap != float("inf") else "inf",
+            "verified_share": self.verified_share,
             "overall": self.overall,
             **({"pairs": self.pairs} if self.pairs else {}),
             "per_kind": self.per_kind,
@@ -587,6 +636,7 @@ def near_duplicate_benchmark(
     progress: Progress | None = None,
     verify_top: int = 0,
     split: str | None = None,
+    verify_gap: float = float("inf"),
 ) -> NearDuplicateReport:
     """Edited copies (:func:`searcher.edits.make_benchmark`) of ``sources`` photos sampled from
     ``folder`` (or of the named ones) query the folder (sources + every other image as distractors; the copies are not
@@ -596,10 +646,13 @@ def near_duplicate_benchmark(
     (:func:`searcher.verify.verify_symmetric`, SIFT + a similarity transform + dense correlation),
     as ``searcher duplicates`` and ``query --duplicates-only`` confirm CNN candidates.
     ``split``: ``"tune"`` or ``"report"`` parameters of the edits (:data:`searcher.edits.SPLITS`;
-    report figures on ``"report"``, tune on ``"tune"``); ``None``: the whole ranges."""
+    report figures on ``"report"``, tune on ``"tune"``); ``None``: the whole ranges.
+    ``verify_gap``: verify only when the two best cosines of the first ``verify_top`` are closer
+    than this (the default query's rule, :func:`searcher.rerank.needs_verification`)."""
     import tempfile
 
     from searcher.edits import EDIT_KINDS, make_benchmark
+    from searcher.rerank import needs_verification
 
     options = options or RetrievalOptions()
     kinds = tuple(kinds or EDIT_KINDS)
@@ -636,14 +689,21 @@ def near_duplicate_benchmark(
         started = time.monotonic()
         vectors = _database_vectors(lib, model, paths, vectors, options)
         probes = _embed_paths(lib, model, [m["copy"] for m in manifest], options)
+        probe_regions = _probe_regions(lib, model, [m["copy"] for m in manifest], options)
         seconds["embed"] = time.monotonic() - started
+        verified_queries = 0
         started = time.monotonic()
         ranker = Ranker(ids, vectors, options)
         verifier = _Verifier() if verify_top else None
-        for entry, variants in zip(manifest, probes, strict=True):
-            ranked = ranker.rank(variants, k=10)
+        for entry, variants, own in zip(manifest, probes, probe_regions, strict=True):
+            ranked = ranker.rank(variants, k=10, probe_regions=own)
             order = ranked.ids
-            if verifier is not None:
+            if verifier is not None and not needs_verification(
+                ranker.plain_scores(variants, ranked), verify_top, verify_gap
+            ):
+                found_at_threshold[entry["kind"]].append(False)  # not verified: not called a copy
+            elif verifier is not None:
+                verified_queries += 1
                 order, verified = verifier.rerank(entry["copy"], order, path_of, verify_top)
                 cosine = dict(zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True))
                 called = {i for i, v in verified.items() if v >= th.verified and cosine[i] >= th.candidate_cosine}
@@ -697,7 +757,7 @@ def near_duplicate_benchmark(
         folder=root, backbone=model.backbone, model_key=model.key, sources=len(chosen), copies=len(manifest),
         images=len(ids), options=options, per_kind=per_kind, overall=recalls([r for v in hits.values() for r in v]),
         seed=seed, seconds=seconds, misses=misses, verify_top=verify_top, pairs=pairs,
-        split=split,
+        split=split, verify_gap=verify_gap, verified_share=round(verified_queries / max(1, len(manifest)), 4),
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
-from searcher import store
+from searcher import regions, store
 from searcher.files import absolute, discover, fingerprint
 from searcher.pipeline import batched, decode_stream
 from searcher.reports import Hit, QueryResult
@@ -25,6 +25,9 @@ from searcher.vector_index import VectorIndex
 if TYPE_CHECKING:
     from searcher.library import Library
     from searcher.verify import FeatureCache
+
+
+REGIONAL_DEPTH = 100  # results per probe region: ``REGIONAL_DEPTH // 4`` (searcher.regions.regional_scores)
 
 
 def verified_order(probe: str, hits: list[Hit], top: int, cache: FeatureCache) -> list[Hit]:
@@ -96,6 +99,7 @@ def query(
         else:
             probe_paths.append(p)
     vectors: dict[str, np.ndarray] = {}
+    probe_regions: dict[str, np.ndarray] = {}  # a new probe's region vectors (searcher.regions)
     errors: dict[str, str] = {}
     embedded: set[str] = set()
     self_ids: dict[str, int] = {}
@@ -123,6 +127,8 @@ def query(
             todo.append(p)
         else:
             errors[p] = "no such file"
+    # regional probes: only for the average pooling the global vectors use (others: global only)
+    regional = chosen.regional_margin is not None and model.pooling == "avg"
     if todo:
         embedder = lib.embedder_for(model)
         stream = decode_stream(todo, lambda p: p, embedder.input_size, window=64)
@@ -134,17 +140,27 @@ def query(
             if good:
                 trim = chosen.trim and len(kinds_new) > 1  # invariant probes: also without a frame
                 views = [rerank.probe_views(d.pixels, kinds_new, trim) for d in good]
-                out = embedder.embed(np.stack([v for vs in views for v in vs]))
+                stacked = np.stack([v for vs in views for v in vs])
+                if regional:  # one forward pass: the global vectors are the map's average
+                    maps = embedder.feature_maps(stacked)
+                    out = regions.global_vectors(maps)
+                else:
+                    out = embedder.embed(stacked)
                 start = 0
                 for d, vs in zip(good, views, strict=True):
                     vectors[d.item] = out[start : start + len(vs)]
+                    if regional:
+                        probe_regions[d.item] = regions.region_vectors(maps[start : start + 1])[0]
                     start += len(vs)
                     embedded.add(d.item)
     ok = [p for p in probe_paths if p in vectors]
     results: dict[str, list[Hit]] = {}
     if ok:
         exclude = [None if include_self else self_ids.get(p) for p in ok]
-        found = lib.search_probes([vectors[p] for p in ok], k, model=model, exclude=exclude, settings=settings)
+        found = lib.search_probes(
+            [vectors[p] for p in ok], k, model=model, exclude=exclude, settings=settings,
+            probe_regions=[probe_regions.get(p) for p in ok], regional_margin=chosen.regional_margin,
+        )  # fmt: skip
         results = dict(zip(ok, found, strict=True))
         top = chosen.verify_top if verify is None else verify
         gap = chosen.verify_gap if verify is None else float("inf")
@@ -198,12 +214,17 @@ def search_probes(
     model: ModelRow | None = None,
     exclude: Sequence[int | None] | None = None,
     settings: Any = None,
+    probe_regions: Sequence[np.ndarray | None] | None = None,
+    regional_margin: float | None = None,
 ) -> list[list[Hit]]:
     """The ``k`` indexed images nearest to each probe, given as a (variants, dim) array of unit
     vectors (rotated views of one image), with re-ranking (:func:`searcher.rerank.retrieve`;
     ``settings`` defaults to :func:`searcher.rerank.settings`). ``exclude[i]`` is an image id to
     leave out of probe ``i``'s results. ``Hit.score`` is the plain cosine similarity (of the
-    view that ranked the hit); the order is the re-ranked one. No network is loaded."""
+    view that ranked the hit); the order is the re-ranked one. No network is loaded.
+    ``probe_regions[i]``: region vectors of probe ``i`` (:mod:`searcher.regions`), searched against
+    the global vectors too when ``regional_margin`` is set; an image keeps
+    ``max(global, regional - regional_margin)``."""
     from searcher import rerank
 
     model = model or lib.find_model()
@@ -213,17 +234,14 @@ def search_probes(
     ranked = []
     for n, variants in enumerate(probes):
         skip = exclude[n] if exclude is not None else None
-        ranked.append(
-            rerank.retrieve(
-                index.search,
-                cache.vectors,
-                variants,
-                k + 1,
-                settings,
-                exclude=[] if skip is None else [skip],
-                cache=cache,
-            )  # fmt: skip
-        )
+        skipped = [] if skip is None else [skip]
+        r = rerank.retrieve(index.search, cache.vectors, variants, k + 1, settings, exclude=skipped, cache=cache)
+        own = probe_regions[n] if probe_regions is not None else None
+        if own is not None and regional_margin is not None and len(index):
+            probe = rerank.l2_normalise(np.atleast_2d(np.asarray(variants, np.float32)))[0]
+            found = regions.regional_scores(probe, own, None, index.search, REGIONAL_DEPTH, skipped)
+            r = regions.merge_regional(r, found, k + 1, regional_margin)
+        ranked.append(r)
     rows = lib._rows_by_id({int(i) for r in ranked for i in r.ids})
     out: list[list[Hit]] = []
     for variants, r in zip(probes, ranked, strict=True):

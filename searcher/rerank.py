@@ -130,13 +130,80 @@ def trim_border(
     return np.asarray(Image.fromarray(inner).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+def _longest_run(mask: np.ndarray, gap: int) -> tuple[int, int]:
+    """(start, end) of the longest run of True in ``mask``, bridging runs of False up to ``gap``."""
+    best, start, last = (0, 0), None, -(10**9)
+    for i in np.flatnonzero(mask):
+        if start is None or i - last > gap + 1:
+            start = i
+        last = i
+        if last + 1 - start > best[1] - best[0]:
+            best = (int(start), int(last) + 1)
+    return best
+
+
+def picture_box(
+    pixels: np.ndarray, min_area: float = 0.1, max_area: float = 0.85, share: float = 0.05
+) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` of a picture shown inside a busy frame (a screenshot of an
+    app or web page: bars, flat background, captions), or ``None``. The frame's colours are those
+    covering at least ``share`` of the outer ring of pixels (colours quantised to 16 levels); the
+    picture is the longest band of rows mostly of other colours, narrowed to its columns that are.
+    Captions are thin and broken, so their rows do not count; neither does a box whose surroundings
+    are mostly not frame colours (a plain photo)."""
+    h, w = pixels.shape[:2]
+    q = (pixels // 16).astype(np.int32)
+    code = (q[..., 0] << 8) | (q[..., 1] << 4) | q[..., 2]
+    ring = np.concatenate([code[0], code[-1], code[:, 0], code[:, -1]])
+    values, counts = np.unique(ring, return_counts=True)
+    frame = values[counts >= share * len(ring)]
+    if len(frame) == 0:
+        return None
+    content = ~np.isin(code, frame)
+    rows = _longest_runs(content, max(1, w // 100)) >= 0.15 * w  # a stretch of picture, not a caption
+    top, bottom = _longest_run(rows, gap=max(1, h // 100))
+    if bottom - top < max(8, h // 12):
+        return None
+    cols = content[top:bottom].mean(axis=0) >= 0.5
+    left, right = _longest_run(cols, gap=max(1, w // 100))
+    area = (bottom - top) * (right - left) / (h * w)
+    if right - left < max(8, w // 12) or not min_area <= area <= max_area:
+        return None
+    outside = np.ones((h, w), bool)
+    outside[top:bottom, left:right] = False
+    if content[outside].mean() > 0.3:  # what surrounds the "picture" is not a frame (a plain photo)
+        return None
+    return top, bottom, left, right
+
+
+def _longest_runs(mask: np.ndarray, gap: int) -> np.ndarray:
+    """Per row of a 2-D ``mask``: the length of its longest run of True (gaps up to ``gap`` bridged)."""
+    return np.asarray([(lambda r: r[1] - r[0])(_longest_run(row, gap)) for row in mask])
+
+
+def inner_picture(pixels: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """The picture inside a solid frame (:func:`trim_border`) or else inside a busy one such as a
+    screenshot (:func:`picture_box`), resized back to the input's shape (``None`` when neither),
+    and whether it came from a solid frame (then its turned views count too; a screenshot is upright)."""
+    inner = trim_border(pixels)
+    if inner is not None:
+        return inner, True
+    box = picture_box(pixels)
+    if box is None:
+        return None, False
+    t, b, lft, rgt = box
+    h, w = pixels.shape[:2]
+    crop = Image.fromarray(np.ascontiguousarray(pixels[t:b, lft:rgt]))
+    return np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8), False
+
+
 def probe_views(pixels: np.ndarray, kinds: Sequence[str], trim: bool = True) -> list[np.ndarray]:
     """The model inputs to embed for one probe: ``kinds`` of it, and of its inside when it has a
-    frame (:func:`trim_border`)."""
+    frame (:func:`inner_picture`: every kind inside a solid frame, the first inside a screenshot)."""
     views = array_variants(pixels, kinds)
-    inner = trim_border(pixels) if trim else None
+    inner, framed = inner_picture(pixels) if trim else (None, False)
     if inner is not None:
-        views += array_variants(inner, kinds)
+        views += array_variants(inner, kinds if framed else kinds[:1])
     return views
 
 
@@ -267,6 +334,10 @@ class Preset:
     # ``verify_top`` are verified when the first two cosines differ by less than ``verify_gap``
     verify_top: int = 0
     verify_gap: float = float("inf")
+    # regional probes (:mod:`searcher.regions`): a new probe's regions (windows of its feature map,
+    # from the same forward pass) are searched against the global vectors too, each image keeping
+    # max(global, regional - regional_margin); ``None``: off
+    regional_margin: float | None = None
 
 
 def verified_head(cosines: Sequence[float], verified: Sequence[float]) -> list[int]:
@@ -290,7 +361,10 @@ def needs_verification(cosines: Sequence[float], top: int, gap: float) -> bool:
 # "Retrieval quality"): rotation-invariant probes and DBA among the first 100 results; alpha-QE
 # (k=2) is available but off (it helps categories, not instances). Exact DBA needs a search of the
 # whole database for each shortlisted result: 2.6 s per query at 50,000 flat vectors on the 2-core
-# test machine, against 0.07 s for the search itself.
+# test machine, against 0.07 s for the search itself. Regional probes (margin -0.02) and the
+# verification rule (the first 10 when the two best cosines are within 0.02) were chosen on
+# Flowers-17 with the 'tune' parameters of the widened edits (scripts/regions_eval.py) and reported
+# on holidays-dev with the 'report' parameters (README, "Retrieval quality").
 #
 # ``category``: chosen on one half of Flowers-17 (40 photos of each species), confirmed on the other
 # half (P@10 0.737 -> 0.812 there; scripts/tune_category.py): square-rooted vectors, DBA with 5
@@ -300,6 +374,9 @@ PRESETS: dict[str, Preset] = {
     "instance": Preset(
         "instance",
         "the same scene, object or photo (edited, re-framed or turned copies)",
+        verify_top=10,
+        verify_gap=0.02,
+        regional_margin=-0.02,
     ),
     "category": Preset(
         "category",

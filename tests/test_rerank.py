@@ -266,3 +266,33 @@ def test_verify_reranks_the_first_results_by_pixel_verification(holidays_subset:
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)[0]["results"]
     assert Path(rows[0]["path"]).name == "100000.jpg" and rows[0]["verified"] > 0.3 and "verified" not in rows[2]
+
+
+def test_needs_verification_when_the_first_scores_are_close() -> None:
+    assert rerank.needs_verification([0.90, 0.89, 0.5], top=10, gap=0.02)
+    assert not rerank.needs_verification([0.90, 0.85, 0.5], top=10, gap=0.02)
+    assert rerank.needs_verification([0.85, 0.90], top=2, gap=0.1)  # the two best, whatever their order
+    assert not rerank.needs_verification([0.9, 0.1, 0.89], top=2, gap=0.02)  # only the first ``top`` count
+    assert rerank.needs_verification([0.9], top=10, gap=0.02)  # one result: verify it
+    assert not rerank.needs_verification([0.9, 0.9], top=0, gap=float("inf"))  # off
+    assert not rerank.needs_verification([], top=10, gap=float("inf"))
+
+
+def test_default_query_verifies_only_when_the_preset_says(holidays_subset: dict, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    source = holidays_subset["folder"] / "100000.jpg"
+    probe = tmp_path / "copy.jpg"
+    apply_edit(Image.open(source).convert("RGB"), "combo_social", np.random.default_rng(0)).save(probe, quality=90)
+    rerank.PRESETS["_always"] = replace(rerank.DEFAULTS, name="_always", verify_top=3, verify_gap=float("inf"))
+    try:
+        with Library.open(holidays_subset["library"]) as lib:
+            always = lib.query([probe], k=5, preset="_always")[0]
+            never = lib.query([probe], k=5, verify=0)[0]
+            default = lib.query([probe], k=5)[0]
+    finally:
+        rerank.PRESETS.pop("_always")
+    assert [h.verified is not None for h in always.results] == [True] * 3 + [False] * 2
+    assert all(h.verified is None for h in never.results)
+    close = rerank.needs_verification([h.score for h in never.results], 10, rerank.DEFAULTS.verify_gap)
+    assert any(h.verified is not None for h in default.results) == close

@@ -163,6 +163,7 @@ def eval_command(
         margin=d.margin,
         dba_local=d.dba_local and not dba_global,
         power=1.0 if plain or dup else d.power,
+        regional_margin=None if plain else d.regional_margin,
     )
     if mode not in ("squash", "aspect"):
         raise typer.BadParameter("--mode must be squash or aspect")

@@ -1,0 +1,122 @@
+"""The default query's quality and cost, measured through the product's own code paths (issue 13).
+
+    .venv/bin/python scripts/default_query_report.py ../shared/datasets/holidays-dev/images --split report \
+        --sources 8 --groundtruth ../shared/datasets/holidays-dev/groundtruth.json \
+        --out scripts/results/default_query_report_holidays.json
+
+Three settings of the instance preset, each on the same edited copies (widened edits, ``--split``
+parameters) and, with ``--groundtruth``, on Holidays mAP:
+
+- ``before``: global vectors only, no verification (the default before regional probes);
+- ``regions``: plus the probe's regions against the global vectors (:mod:`searcher.regions`);
+- ``default``: what ``searcher query`` does now (the preset: regions, then the first
+  ``verify_top`` verified when the two best cosines are within ``verify_gap``).
+
+Near-duplicates: :func:`searcher.evaluate.near_duplicate_benchmark`; mAP:
+:func:`searcher.evaluate.evaluate_folder`; cost per query: ``Library.query`` on ``--timed`` copies
+(new probes, embedding included), p50 and mean, with the load average beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from searcher import rerank  # noqa: E402
+from searcher.edits import KIND_SETS, make_benchmark  # noqa: E402
+from searcher.evaluate import (  # noqa: E402
+    GroundTruth,
+    RetrievalOptions,
+    evaluate_folder,
+    folder_vectors,
+    near_duplicate_benchmark,
+    sample_sources,
+)
+from searcher.library import Library  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    ap.add_argument("--split", choices=("tune", "report"), required=True)
+    ap.add_argument("--sources", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--groundtruth", default=None)
+    ap.add_argument("--timed", type=int, default=20, help="copies timed through Library.query per setting")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    preset = rerank.DEFAULTS
+    settings = {
+        "before": (replace(preset, regional_margin=None), 0, float("inf")),
+        "regions": (preset, 0, float("inf")),
+        "default": (preset, preset.verify_top, preset.verify_gap),
+    }
+    lib_dir = Path(tempfile.gettempdir()) / f"searcher-tune-{Path(args.folder).resolve().parent.name}"
+    out: dict = {"folder": str(Path(args.folder).resolve()), "split": args.split, "sources": args.sources,
+                 "preset": {"verify_top": preset.verify_top, "verify_gap": str(preset.verify_gap),
+                            "regional_margin": preset.regional_margin}, "settings": {}}  # fmt: skip
+    with Library.open(lib_dir, create=True) as lib:
+        for name, (p, top, gap) in settings.items():
+            options = replace(RetrievalOptions.from_preset("instance"), regional_margin=p.regional_margin)
+            t = time.monotonic()
+            nd = near_duplicate_benchmark(
+                lib, args.folder, sources=args.sources, kinds=KIND_SETS["wide"], seed=args.seed, options=options,
+                verify_top=top, verify_gap=gap, split=args.split,
+            )  # fmt: skip
+            row = {
+                "recall@1": nd.overall["recall@1"],
+                "recall@10": nd.overall["recall@10"],
+                "copies": nd.copies,
+                "worst": min((v["recall@1"], k) for k, v in nd.per_kind.items()),
+                "per_kind": {k: v["recall@1"] for k, v in nd.per_kind.items()},
+                "verified_share": nd.verified_share,
+                "seconds_near_duplicates": round(time.monotonic() - t, 1),
+            }
+            if args.groundtruth:
+                report = evaluate_folder(lib, args.folder, GroundTruth.load(args.groundtruth), options)
+                row["holidays_mAP"] = round(report.metrics.map, 4)
+            out["settings"][name] = row
+            print(name, row["recall@1"], row["worst"], row["verified_share"], row.get("holidays_mAP"), flush=True)
+        # cost per query through Library.query (new probes: the copies are not indexed)
+        model = lib.find_model()
+        _, paths, _ = folder_vectors(lib, model, str(Path(args.folder).resolve()))
+        with tempfile.TemporaryDirectory() as tmp:
+            chosen = sample_sources(paths, max(1, args.timed // 5), args.seed + 1)
+            kinds = ("crop_small", "screenshot", "combo_social", "perspective", "jpeg")
+            manifest = make_benchmark(chosen, tmp, kinds, seed=args.seed + 1, split=args.split)
+            lib.query([manifest[0]["copy"]], k=10)  # the network is loaded and traced once, not timed
+            for name, (p, top, gap) in settings.items():
+                rerank.PRESETS["_timed"] = replace(p, name="_timed", verify_top=top, verify_gap=gap)
+                ms = []
+                verified = 0
+                for m in manifest:
+                    t = time.perf_counter()
+                    (result,) = lib.query([m["copy"]], k=10, preset="_timed")
+                    ms.append(1000 * (time.perf_counter() - t))
+                    verified += any(h.verified is not None for h in result.results)
+                out["settings"][name]["ms_per_query_p50"] = round(float(np.median(ms)), 1)
+                out["settings"][name]["ms_per_query_mean"] = round(float(np.mean(ms)), 1)
+                out["settings"][name]["timed_queries"] = len(ms)
+                out["settings"][name]["timed_verified"] = verified
+                print(name, "ms/query p50", round(float(np.median(ms)), 1), "mean", round(float(np.mean(ms)), 1))
+            rerank.PRESETS.pop("_timed", None)
+    out["loadavg"] = open("/proc/loadavg").read().split()[:3]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: {kk: v[kk] for kk in v if kk != "per_kind"} for k, v in out["settings"].items()}, indent=1))
+    print("load", os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
