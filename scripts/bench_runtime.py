@@ -20,7 +20,8 @@ RUNTIMES = ("tensorflow", "onnxruntime")
 
 
 def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary) -> dict[str, Any]:
-    """p50/p99 of POST /query with a new photo, after one warm-up request."""
+    """p50/p99 of POST /query with a new photo, after one warm-up request: the default (four
+    rotated views) and, under ``upright``, ``?invariant=none`` (one view) on the same server."""
     from searcher.serve import make_server
 
     server = make_server(lib_dir, "127.0.0.1", 0)
@@ -30,9 +31,9 @@ def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=300)
 
-        def call() -> float:
+        def call(url: str = "/query?k=10") -> float:
             started = time.perf_counter()
-            conn.request("POST", "/query?k=10", body=body, headers={"Content-Type": "image/jpeg"})
+            conn.request("POST", url, body=body, headers={"Content-Type": "image/jpeg"})
             resp = conn.getresponse()
             resp.read()
             if resp.status != 200:
@@ -42,6 +43,9 @@ def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary)
         call()
         out = latency_summary([call() for _ in range(requests)])
         out["runtime"] = server.service.embedder().runtime
+        upright = "/query?k=10&invariant=none"
+        call(upright)
+        out["upright"] = latency_summary([call(upright) for _ in range(requests)])
         conn.close()
     finally:
         server.shutdown()
@@ -144,6 +148,8 @@ def table_lines(rt_report: dict[str, Any]) -> list[str]:
             f" | x{e['index_vs_pure']:.2f} pure"
             + (f", x{e['index']['images_per_s'] / naive:.1f} naive ({naive:.1f})" if naive else "")
             + f" | serve new photo p50 {e['server_post_new_image']['p50_ms']:6.1f} ms"
+            + (f" (upright only {e['server_post_new_image']['upright']['p50_ms']:.1f})"
+               if "upright" in e["server_post_new_image"] else "")
             + (f" | cold CLI new photo {cold:.0f} ms" if cold else "")
         )
     return lines
