@@ -20,7 +20,8 @@ RUNTIMES = ("tensorflow", "onnxruntime")
 
 
 def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary) -> dict[str, Any]:
-    """p50/p99 of POST /query with a new photo, after one warm-up request."""
+    """p50/p99 of POST /query with a new photo, after one warm-up request: the default (four
+    rotated views) and, under ``upright``, ``?invariant=none`` (one view) on the same server."""
     from searcher.serve import make_server
 
     server = make_server(lib_dir, "127.0.0.1", 0)
@@ -30,9 +31,9 @@ def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=300)
 
-        def call() -> float:
+        def call(url: str = "/query?k=10") -> float:
             started = time.perf_counter()
-            conn.request("POST", "/query?k=10", body=body, headers={"Content-Type": "image/jpeg"})
+            conn.request("POST", url, body=body, headers={"Content-Type": "image/jpeg"})
             resp = conn.getresponse()
             resp.read()
             if resp.status != 200:
@@ -42,6 +43,9 @@ def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary)
         call()
         out = latency_summary([call() for _ in range(requests)])
         out["runtime"] = server.service.embedder().runtime
+        upright = "/query?k=10&invariant=none"
+        call(upright)
+        out["upright"] = latency_summary([call(upright) for _ in range(requests)])
         conn.close()
     finally:
         server.shutdown()
@@ -144,6 +148,8 @@ def table_lines(rt_report: dict[str, Any]) -> list[str]:
             f" | x{e['index_vs_pure']:.2f} pure"
             + (f", x{e['index']['images_per_s'] / naive:.1f} naive ({naive:.1f})" if naive else "")
             + f" | serve new photo p50 {e['server_post_new_image']['p50_ms']:6.1f} ms"
+            + (f" (upright only {e['server_post_new_image']['upright']['p50_ms']:.1f})"
+               if "upright" in e["server_post_new_image"] else "")
             + (f" | cold CLI new photo {cold:.0f} ms" if cold else "")
         )
     return lines
@@ -160,6 +166,84 @@ def targets(rt_report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
         p50 = ort["server_post_new_image"]["p50_ms"]
         out["onnxruntime: serve new photo p50 < 30 ms"] = (p50, p50 < 30)
     return out
+
+
+# --- cold CLI (python scripts/bench_runtime.py --cold-cli) --------------------------------------------
+
+COLD_COMMANDS = ("info", "failures", "check", "duplicates", "query-indexed", "help")
+
+
+def cold_cli(images: int, runs: int, out: Path) -> dict[str, Any]:
+    """Wall and CPU time of everyday commands started cold (a fresh interpreter each run, the way a
+    shell runs them) on a library of ``images`` Flowers-17 photos, indexed with the default
+    backbone; ``duplicates`` runs once before timing, so its verification scores are cached, as on
+    a library someone uses. CPU time (user + system of the child) is reported next to wall time: on
+    a shared machine the wall time also counts waiting for a core."""
+    import json
+    import resource
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+
+    import bench
+
+    def timed(args: list[str]) -> tuple[float, float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        proc = subprocess.run([searcher_bin, *args], capture_output=True, env=env, timeout=600)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode not in (0, 3):  # 3: duplicates/check found something, which is an answer
+            raise RuntimeError(f"searcher {' '.join(args)}: exit {proc.returncode}: {proc.stderr.decode()[-800:]}")
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return wall, cpu
+
+    searcher_bin = str(Path(sys.executable).with_name("searcher"))
+    env = {**os.environ, "COLUMNS": "200"}
+    report: dict[str, Any] = {"machine": bench.machine(), "runs": runs, "command": searcher_bin}
+    files = sorted((bench.shared_dir() / "datasets" / "flowers17" / "images").glob("*.jpg"))[:images]
+    with tempfile.TemporaryDirectory(prefix="searcher-cold-cli-") as tmp_name:
+        tmp = Path(tmp_name)
+        folder = tmp / "photos"
+        folder.mkdir()
+        for f in files:
+            os.symlink(f, folder / f.name)
+        (folder / "broken.jpg").write_bytes(b"not an image")  # so `failures` has one to list
+        lib = str(tmp / "lib")
+        timed(["index", str(folder), "--library", lib, "-q", "--json"])
+        timed(["duplicates", "--library", lib, "--json"])  # caches the verification scores
+        report["library_images"] = len(files)
+        probe = str(folder / files[3].name)
+        args = {
+            "info": ["info", "--library", lib, "--json"],
+            "failures": ["failures", "--library", lib, "--json"],
+            "check": ["check", "--library", lib, "--json"],
+            "duplicates": ["duplicates", "--library", lib, "--json"],
+            "query-indexed": ["query", probe, "--library", lib, "--json"],
+            "help": ["--help"],
+        }
+        report["load_avg_start"] = bench.load()
+        for name in COLD_COMMANDS:
+            timed(args[name])  # one untimed run: the files are in the page cache, as on a second use
+            samples = [timed(args[name]) for _ in range(runs)]
+            walls, cpus = [w for w, _ in samples], [c for _, c in samples]
+            report[name] = {
+                "wall_median_s": round(statistics.median(walls), 3),
+                "wall_min_s": round(min(walls), 3),
+                "cpu_median_s": round(statistics.median(cpus), 3),
+                "load_avg": bench.load(),
+            }
+            print(
+                f"{name:14} wall median {report[name]['wall_median_s']:.3f} s (min {report[name]['wall_min_s']:.3f}), "
+                f"cpu median {report[name]['cpu_median_s']:.3f} s, load {report[name]['load_avg']}",
+                flush=True,
+            )
+        report["load_avg_end"] = bench.load()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"report: {out}")
+    return report
 
 
 # --- the GPU check (scripts/gpu_check.sh) ---------------------------------------------------------
@@ -236,6 +320,15 @@ if __name__ == "__main__":
             rt, json.loads(cfg_json), Path(tmp_dir), Path(folder_dir), Path(probe_path), bench_module
         )
         Path(out_path).write_text(json.dumps(result, default=str))
+        raise SystemExit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "--cold-cli":  # cold start of everyday commands
+        ap = argparse.ArgumentParser(description="cold CLI: wall and CPU time of everyday commands, median of N")
+        ap.add_argument("--cold-cli", action="store_true")
+        ap.add_argument("--images", type=int, default=200, help="Flowers-17 photos in the library")
+        ap.add_argument("--runs", type=int, default=5)
+        ap.add_argument("--out", type=Path, default=Path("bench-out/cold_cli.json"))
+        args = ap.parse_args()
+        cold_cli(args.images, args.runs, args.out)
         raise SystemExit(0)
     ap = argparse.ArgumentParser(description="GPU check: index N JPEGs with TensorFlow and with ONNX Runtime")
     ap.add_argument("--images", type=int, default=10_000)

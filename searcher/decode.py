@@ -14,23 +14,40 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-try:  # HEIC / HEIF (and AVIF with recent pillow-heif) support is optional at run time
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except Exception:  # pragma: no cover - depends on the platform's wheels
-    pillow_heif = None
-
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit below
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit (2 x 89.5 Mpx)
+
+_heif_lock = threading.Lock()
+_heif_state: list[bool] = []  # [True] once pillow-heif's opener is registered, [False] when it cannot be
+
+
+def _enable_heif() -> bool:
+    """Register pillow-heif's HEIC/HEIF/AVIF opener; True only on the call that newly did it.
+
+    Done on the first file that looks like HEIF rather than at import (pillow-heif costs ~50 ms
+    of start-up that `searcher query` of an indexed photo or `searcher duplicates` never need).
+    """
+    with _heif_lock:
+        if _heif_state:
+            return False
+        try:  # optional at run time: depends on the platform's wheels
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif_state.append(True)
+        except Exception:  # pragma: no cover
+            _heif_state.append(False)
+        return _heif_state[0]
+
 
 
 class DecodeError(Exception):
@@ -103,6 +120,8 @@ def open_image(
         if size == 0:
             raise DecodeError("empty file (0 bytes)") from exc
         head = _head(source)
+        if b"ftyp" in head[:12] and _enable_heif():  # HEIC/HEIF/AVIF: the opener is loaded on first need
+            return open_image(source, min_side=min_side, max_pixels=max_pixels)
         if b"<svg" in head:
             raise DecodeError("SVG (vector) images are not supported, only raster formats") from exc
         for magic, name in _MAGIC:

@@ -16,19 +16,16 @@ reports; indexing is :mod:`searcher.indexing`, querying :mod:`searcher.querying`
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from platformdirs import user_data_dir
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from searcher import indexing, querying, store
-from searcher.backbones.registry import get_backbone
-from searcher.embed import ModelIdentity
+from searcher import store
 from searcher.files import absolute
 from searcher.locking import WriteLock
 from searcher.reports import (  # noqa: F401  (re-exported: the library's public types)
@@ -41,10 +38,16 @@ from searcher.reports import (  # noqa: F401  (re-exported: the library's public
     QueryResult,
 )
 from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, Meta, ModelRow
-from searcher.vector_index import VectorIndex
 
+# numpy, FAISS (searcher.vector_index), the backbones and the indexing/querying halves are imported
+# where they are used, so that `searcher info`, `failures` or `check` start in well under 0.5 s
+# (tests/test_cold_start.py checks which modules each command imports).
 if TYPE_CHECKING:
-    from searcher.embed import Embedder
+    import numpy as np
+    from sqlalchemy.orm import Session
+
+    from searcher.embed import Embedder, ModelIdentity
+    from searcher.vector_index import VectorIndex
 
 DB_NAME = "library.db"
 INDEX_DIR = "indexes"
@@ -57,6 +60,17 @@ def default_library_path() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(user_data_dir("searcher", appauthor=False)) / "library"
+
+
+class _LazyMethod:
+    """A method of :class:`Library` written as a function in another module, imported on first use."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        function = getattr(importlib.import_module(self.module), self.name)
+        return function if obj is None else function.__get__(obj, owner)
 
 
 class Library:
@@ -148,6 +162,8 @@ class Library:
                 if pooling is None or row.pooling == pooling:
                     return row
                 backbone = row.backbone
+            from searcher.backbones.registry import get_backbone
+
             name = get_backbone(backbone).name
             stmt = select(ModelRow).where(ModelRow.backbone == name)
             if pooling is not None:
@@ -216,6 +232,8 @@ class Library:
         cached = self._indexes.get(model.key)
         if cached is not None:
             return cached
+        from searcher.vector_index import VectorIndex
+
         path = self.index_path(model)
         with self.sessions() as session:
             db_model = session.get(ModelRow, model.id)
@@ -233,14 +251,7 @@ class Library:
                 index = VectorIndex(model.dim, home=path)
             if state is None or state.revision != revision or state.count != len(index):
                 expected = store.vector_ids(session, model.id)
-
-                def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                    found = store.vectors_for(session, model.id, ids.tolist())
-                    keys = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
-                    vecs = np.stack(list(found.values())) if found else np.zeros((0, model.dim), np.float32)
-                    return keys, vecs
-
-                index.reconcile(expected, fetch)
+                index.reconcile(expected, lambda ids: self._stored_vectors(session, model, ids))
         self._indexes[model.key] = index
         return index
 
@@ -258,6 +269,8 @@ class Library:
 
     @staticmethod
     def _stored_vectors(session: Session, model: ModelRow, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
         found = store.vectors_for(session, model.id, ids.tolist())
         keys = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
         vecs = np.stack(list(found.values())) if found else np.zeros((0, model.dim), np.float32)
@@ -286,10 +299,10 @@ class Library:
         return out
 
     # --- indexing and querying (the two halves live in their own modules) ----------------------
-    index = indexing.index_files
-    query = querying.query
-    search_vectors = querying.search_vectors
-    search_probes = querying.search_probes
+    index = _LazyMethod("searcher.indexing", "index_files")
+    query = _LazyMethod("searcher.querying", "query")
+    search_vectors = _LazyMethod("searcher.querying", "search_vectors")
+    search_probes = _LazyMethod("searcher.querying", "search_probes")
 
     def rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         """The image rows of ``ids`` (missing ids are left out)."""

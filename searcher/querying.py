@@ -17,13 +17,12 @@ from sqlalchemy import select
 
 from searcher import regions, store
 from searcher.files import absolute, discover, fingerprint
-from searcher.pipeline import batched, decode_stream
 from searcher.reports import Hit, QueryResult
 from searcher.store import STATUS_OK, ImageRow, ModelRow
-from searcher.vector_index import VectorIndex
 
 if TYPE_CHECKING:
     from searcher.library import Library
+    from searcher.vector_index import VectorIndex
     from searcher.verify import FeatureCache
 
 
@@ -130,6 +129,8 @@ def query(
     # regional probes: only for the average pooling the global vectors use (others: global only)
     regional = chosen.regional_margin is not None and model.pooling == "avg"
     if todo:
+        from searcher.pipeline import batched, decode_stream  # decoding (Pillow) only for probes not indexed
+
         embedder = lib.embedder_for(model)
         stream = decode_stream(todo, lambda p: p, embedder.input_size, window=64)
         for batch in batched(stream, 32):

@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -36,6 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+if TYPE_CHECKING:  # numpy is imported by the vector helpers below: `searcher info` never needs it
+    import numpy as np
 
 SCHEMA_VERSION = 1
 
@@ -210,15 +213,21 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def vector_to_blob(vector: np.ndarray) -> bytes:
+    import numpy as np
+
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
 def blob_to_vector(blob: bytes) -> np.ndarray:
+    import numpy as np
+
     return np.frombuffer(blob, dtype="<f4")
 
 
 def iter_vectors(session: Session, model_id: int, chunk: int = 20000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(ids, vectors)`` chunks of every stored vector of one model, in id order."""
+    import numpy as np
+
     last = -1
     while True:
         rows = session.execute(
@@ -237,6 +246,8 @@ def iter_vectors(session: Session, model_id: int, chunk: int = 20000) -> Iterato
 
 def vector_ids(session: Session, model_id: int) -> np.ndarray:
     """All image ids that have a vector under ``model_id``."""
+    import numpy as np
+
     rows = session.execute(select(EmbeddingRow.image_id).where(EmbeddingRow.model_id == model_id)).scalars()
     return np.fromiter(rows, dtype=np.int64)
 

@@ -129,6 +129,32 @@ def test_post_multipart_upload(server: SearchServer, library: tuple[Path, Path])
     assert Path(answer["results"][0]["path"]).name == "p6.jpg"
 
 
+def test_post_invariant_none_embeds_the_upright_view_only(server: SearchServer, library: tuple[Path, Path]) -> None:
+    """?invariant=none: one view instead of four. An upright copy is still found; a turned copy is
+    found by the default (rotations) and scores clearly lower with the upright view alone."""
+    _, photos = library
+    upright = jpeg_bytes(Image.open(photos / "p3.jpg").resize((200, 150)), quality=70)
+    turned = jpeg_bytes(Image.open(photos / "p3.jpg").rotate(90, expand=True), quality=85)
+    headers = {"Content-Type": "image/jpeg"}
+    status, answer = request(server, "POST", "/query?k=1&invariant=none", upright, headers)
+    assert status == 200 and Path(answer["results"][0]["path"]).name == "p3.jpg", answer
+    status, rotations = request(server, "POST", "/query?k=8", turned, headers)
+    assert status == 200 and Path(rotations["results"][0]["path"]).name == "p3.jpg", rotations
+    status, single = request(server, "POST", "/query?k=8&invariant=none", turned, headers)
+    assert status == 200
+    score = {Path(r["path"]).name: r["score"] for r in single["results"]}.get("p3.jpg", -1.0)
+    assert score < rotations["results"][0]["score"] - 0.02, (score, rotations["results"][0])
+    status, answer = request(server, "POST", "/query?invariant=sideways", upright, headers)
+    assert status == 400 and "invariant" in answer["error"]
+
+
+def test_server_runs_numpy_blas_on_one_thread(server: SearchServer) -> None:
+    from threadpoolctl import threadpool_info
+
+    numpy_blas = [i for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    assert numpy_blas and all(i["num_threads"] == 1 for i in numpy_blas), numpy_blas
+
+
 def test_post_errors(server: SearchServer) -> None:
     status, answer = request(server, "POST", "/query", b"certainly not an image", {"Content-Type": "image/jpeg"})
     assert status == 422 and "decode" in answer["error"]

@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from searcher.cli.app import (
     EXIT_ERROR,
@@ -166,6 +165,8 @@ def common_folder(paths: list[str]) -> str:
 
 
 def _print_table(report) -> None:
+    from rich.table import Table  # imported on use: rich.table costs ~20 ms at start-up
+
     if not report.groups:
         console.print("no duplicates found")
         return
@@ -262,6 +263,8 @@ def calibrate(
     a temporary folder; the pictures' nearest CNN neighbours serve as hard negatives. The threshold is
     stored for the model and used by `duplicates` and `query --duplicates-only`.
     """
+    from rich.table import Table  # imported on use: rich.table costs ~20 ms at start-up
+
     from searcher.calibrate import calibrate as run_calibration
 
     with open_library(library) as lib:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from searcher.cli.app import (
     DebugOption,
@@ -140,6 +139,8 @@ def eval_command(
     first 500 results; --plain turns them off. With --near-duplicates: probes in all 8
     rotations/flips, no DBA.
     """
+    from rich.table import Table  # imported on use: rich.table costs ~20 ms at start-up
+
     from searcher import rerank
     from searcher.cli.progress import RichProgress
     from searcher.evaluate import GroundTruth, RetrievalOptions, evaluate_folder, near_duplicate_benchmark
@@ -218,6 +219,8 @@ def _find_groundtruth(folder: Path) -> Path:
 
 
 def _print_near_duplicates(report, json_output: bool) -> None:  # report: NearDuplicateReport
+    from rich.table import Table  # imported on use: rich.table costs ~20 ms at start-up
+
     if json_output:
         print_json(report.as_dict())
         return
