@@ -1,5 +1,6 @@
 """Candidate pairs for duplicate detection: each unit's nearest CNN neighbours (FAISS, in batches),
-and with ``--rotations`` the neighbours of each picture turned by 90 and 180 degrees (cached)."""
+the nearest thumbnails (blurred copies, which the CNN sees as other pictures), and with ``--rotations``
+the neighbours of each picture turned by 90 and 180 degrees (cached)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ REDUCED_DIM = 128  # candidate search on large libraries runs on PCA-reduced vec
 OVERSEARCH = 3  # approximate search: fetch this many times k neighbours, keep the k best by exact cosine
 ROTATION_TURNS = (1, 2)  # quarter turns probed: 90 and 180 degrees (90 from the other side covers 270)
 ROTATION_K = 5  # nearest pictures of each turned probe that become candidates
+THUMB_K = 10  # nearest thumbnails of each picture that may become candidates
+THUMB_CANDIDATE = 0.9  # thumbnail correlation from which a pair of the same aspect ratio is verified
+THUMB_MAX = 200_000  # above this many pictures the thumbnail search (exact, O(n^2)) is skipped
 INCOMING_TURNS = (1, 2, 3)  # query --duplicates-only: the library is not turned, so every turn of the probe
 
 
@@ -125,6 +129,34 @@ def _unique_pairs(i: np.ndarray, j: np.ndarray, s: np.ndarray, n: int) -> tuple[
     first = np.ones(len(key), bool)
     first[1:] = key[1:] != key[:-1]
     return lo[first], hi[first], np.minimum(s[first], 1.0).astype(np.float32)
+
+
+def thumbnail_pairs(
+    thumbs: np.ndarray,
+    aspects: np.ndarray,
+    k: int = THUMB_K,
+    min_ncc: float = THUMB_CANDIDATE,
+    aspect_tol: float = 0.02,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) among each other's ``k`` nearest thumbnails (rows of ``thumbs``: zero-mean, unit-norm
+    16 x 16 grey thumbnails, see :attr:`searcher.verify.Features.thumb`; rows of zeros for none) with
+    correlation >= ``min_ncc`` and aspect ratios (width / height) within ``aspect_tol`` of each other.
+
+    A heavy blur moves a picture's CNN vector far from the original's (cosine 0.4), but hardly changes
+    its thumbnail: such copies become candidates here, and verification compares them as they lie.
+    Exact search (FAISS, inner product); skipped above :data:`THUMB_MAX` pictures.
+    """
+    thumbs = np.ascontiguousarray(thumbs, dtype=np.float32)
+    n = len(thumbs)
+    if n < 2 or n > THUMB_MAX:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    index = faiss.IndexFlatIP(thumbs.shape[1])
+    index.add(thumbs)
+    i, j, s = _knn_pairs(index, None, thumbs, thumbs, k, min_ncc, 4096, skip_self=True)
+    ratio = aspects[i] / aspects[j]
+    keep = np.abs(ratio - 1.0) <= aspect_tol
+    return _unique_pairs(i[keep], j[keep], s[keep], n)
 
 
 def candidate_pairs(

@@ -214,7 +214,7 @@ def group_around_representatives(
         in_group = {rep}
         anchors = [rep]
         direct: list[tuple[int, float]] = []  # members that matched the representative itself
-        searched: set[int] = set()  # anchors whose deeper neighbours were fetched
+        searched: dict[int, int] = {}  # anchor -> how deep its neighbours were fetched
         tried: dict[int, int] = {}  # unit -> how many anchors (in order) it was scored against
         frontier = [u for u in neighbours[rep] if u not in taken]
         for _ in range(max_rounds):
@@ -225,7 +225,11 @@ def group_around_representatives(
                 batch = sorted((u for u, n in tried.items() if n <= ai and u not in in_group), key=rank.__getitem__)
                 for u in batch:
                     tried[u] = ai + 1
-                pairs = [(anchor, u) for u in batch if allowed(anchor, u) and allowed(rep, u)]
+                pairs = [
+                    (anchor, u)
+                    for u in batch
+                    if allowed(anchor, u) and allowed(rep, u) and (anchor == rep or reachable(anchor, u))
+                ]
                 for (_, u), s in zip(pairs, score_pairs(pairs) if pairs else [], strict=True):
                     if s is not None and s >= threshold and all(allowed(m, u) for m, _ in members):
                         members.append((u, s))
@@ -244,8 +248,8 @@ def group_around_representatives(
             if deeper is not None and joined and 2 * len(members) >= len(neighbours[rep]):
                 depth = min(MAX_DEPTH, 2 * (len(members) + len(neighbours[rep])))
                 for anchor in anchors:
-                    if anchor not in searched:
-                        searched.add(anchor)
+                    if depth >= 2 * searched.get(anchor, 0):  # again when the group has doubled
+                        searched[anchor] = depth
                         extra = (w for w in deeper(anchor, depth) if w not in tried and w not in taken)
                         frontier += [w for w in extra if w != rep and w not in frontier]
             if not frontier and len(anchors) == before:

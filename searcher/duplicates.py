@@ -72,11 +72,13 @@ from searcher.dup_candidates import (  # noqa: F401  (re-exported: the public na
     REDUCED_DIM,
     ROTATION_K,
     ROTATION_TURNS,
+    THUMB_MAX,
     _knn_pairs,
     _search_index,
     _unique_pairs,
     candidate_pairs,
     rotated_vectors,
+    thumbnail_pairs,
 )
 from searcher.dup_grouping import centrality_order, group_around_representatives, group_units
 from searcher.dup_keep import (  # noqa: F401
@@ -94,9 +96,11 @@ from searcher.dup_keep import (  # noqa: F401
 from searcher.files import absolute, content_hash, discover
 from searcher.store import STATUS_OK, ImageRow, ModelRow
 from searcher.verify import (
+    THUMB_SIDE,
     VERIFY_VERSION,
     FeatureCache,
     Features,
+    aligned_check,
     feature_cache_capacity,
     single_threaded_blas,
     verify_symmetric,
@@ -328,10 +332,36 @@ def find_duplicates(
     def head_allowed(a: int, b: int) -> bool:
         return all(allowed(x, y) for x in pixel_sets[a] for y in pixel_sets[b])
 
+    cache = FeatureCache(capacity=feature_cache_capacity(len(heads)))
+
+    def features(h: int) -> Features | None:
+        u = units[head_unit[h]]
+        return cache.get(u.content_hash, u.rows[0].path)
+
+    # thumbnail neighbours: blurred copies, which the CNN puts far from their original (verified as they lie)
+    hthumb: set[tuple[int, int]] = set()
+    if 1 < len(heads) <= THUMB_MAX:
+        thumbs = np.zeros((len(heads), THUMB_SIDE * THUMB_SIDE), np.float32)
+        aspects = np.ones(len(heads), np.float64)
+        progress.begin("Reading thumbnails", len(heads))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for row, f in enumerate(pool.map(features, heads)):
+                if f is not None and f.thumb is not None:
+                    thumbs[row] = f.thumb
+                    aspects[row] = f.shape[1] / f.shape[0]
+                progress.advance()
+        progress.end()
+        ti, tj, _ = thumbnail_pairs(thumbs, aspects)
+        for a, b in zip(ti.tolist(), tj.tolist(), strict=True):
+            key = (heads[a], heads[b])  # heads are sorted: a < b means heads[a] < heads[b]
+            if hcos.get(key, -1.0) < th.candidate_cosine and key not in hturned:
+                hthumb.add(key)
+                near_nbrs.setdefault(key[0], set()).add(key[1])
+                near_nbrs.setdefault(key[1], set()).add(key[0])
+    t_thumb = time.monotonic()
+
     # verification (cached by content hash): representative-to-member pairs only, see group_around_representatives
-    to_verify = sorted([key for key, s in hcos.items() if s >= th.candidate_cosine] + list(hturned))
-    involved = sorted({u for pair in to_verify for u in pair})
-    cache = FeatureCache(capacity=feature_cache_capacity(len(involved)))
+    to_verify = sorted([key for key, s in hcos.items() if s >= th.candidate_cosine] + list(hturned) + list(hthumb))
     scores: dict[tuple[int, int], float | None] = {}
     verified_new: dict[tuple[str, str], float] = {}
 
@@ -342,17 +372,21 @@ def find_duplicates(
         stored = decisions.cached_scores(session, {pair_hashes(a, b) for a, b in to_verify}, VERIFY_VERSION)
         any_stored = decisions.has_scores(session, VERIFY_VERSION)
 
-    def features(h: int) -> Features | None:
-        u = units[head_unit[h]]
-        return cache.get(u.content_hash, u.rows[0].path)
-
     def compute(a: int, b: int) -> float | None:
         ua, ub = units[head_unit[a]], units[head_unit[b]]
         fa, fb = features(a), features(b)
         if fa is None or fb is None:
             return None
         # canonical order (by content hash) so the score does not depend on who asks
-        return (verify_symmetric(fa, fb) if ua.content_hash <= ub.content_hash else verify_symmetric(fb, fa)).score
+        first, second = (fa, fb) if ua.content_hash <= ub.content_hash else (fb, fa)
+        key = (min(a, b), max(a, b))
+        if key in hthumb and key not in hturned and float(vectors[a] @ vectors[b]) < th.candidate_cosine:
+            # only the thumbnails say "alike" (the CNN does not): a blurred copy lines up as it lies, and
+            # local features would only confirm, at length, that other pictures are other pictures
+            aligned = aligned_check(first, second)
+            return 0.0 if aligned is None else aligned.score
+        # settled at the threshold: a pair that passes as it lies needs no local features (see verify_symmetric)
+        return verify_symmetric(first, second, settle_at=th.verified).score
 
     with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
         def score_pairs(pairs: list[tuple[int, int]]) -> list[float | None]:
@@ -378,7 +412,7 @@ def find_duplicates(
 
         def reachable(rep: int, u: int) -> bool:
             key = (min(rep, u), max(rep, u))
-            if key in hturned:
+            if key in hturned or key in hthumb:
                 return True
             return float(vectors[rep] @ vectors[u]) >= th.candidate_cosine
 
@@ -458,12 +492,13 @@ def find_duplicates(
         "files": sum(len(u.rows) for u in units),
         "candidate_pairs": len(cos),
         "turned_candidate_pairs": len(hturned),
+        "thumbnail_candidate_pairs": len(hthumb),
         "verified_pairs": len(verified_new),
         "verified_from_cache": len(stored),
         "seconds": {
             "load": round(t_load - t0, 3), "turned_embedding": round(t_turn - t_load, 3),
-            "candidates": round(t_cand - t_turn, 3),
-            "verify": round(t_verify - t_cand, 3), "group": round(t_end - t_verify, 3),
+            "candidates": round(t_cand - t_turn, 3), "thumbnails": round(t_thumb - t_cand, 3),
+            "verify": round(t_verify - t_thumb, 3), "group": round(t_end - t_verify, 3),
             "total": round(t_end - t0, 3),
         },
     }  # fmt: skip
