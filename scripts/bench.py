@@ -34,6 +34,11 @@ recorded at the start and end of each section (other work on the machine skews t
 ``--scale`` (never part of the runs above) hands over to ``scripts/bench_scale.py``: the
 memory-bounded ``ivfpq-disk`` index at 1M and 10M vectors (build time, peak RSS, disk, p50/p99,
 recall@10), one child process per size.
+
+``--dup-library 3000,30000`` (never part of the runs above) hands over to ``scripts/dup_library_bench.py``
+once per size: ``searcher duplicates`` on a library of edited copies + other shots of the same scenes,
+with the time split (candidates / thumbnails / verification / grouping), pair precision, copy-to-original
+recall per kind of edit and why each missed copy was missed (``scripts/results/dup_library_SIZE.json``).
 """
 
 from __future__ import annotations
@@ -931,8 +936,15 @@ def main(argv: list[str] | None = None) -> None:
 
         scale_main([a for a in argv if a != "--scale"])
         return
+    if "--dup-library" in argv:  # duplicates on a library of edited copies (3k: ~2 min; 30k: ~30 min)
+        sizes = argv[argv.index("--dup-library") + 1]
+        for size in sizes.split(","):
+            script = REPO / "scripts" / "dup_library_bench.py"
+            subprocess.run([sys.executable, str(script), "--size", size.strip()], check=True)
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", action="store_true", help="run scripts/bench_scale.py instead (see its --help)")
+    ap.add_argument("--dup-library", metavar="SIZES", help="run scripts/dup_library_bench.py per size instead")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min): a smoke test of the script")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "bench.json")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
