@@ -633,16 +633,7 @@ class VectorIndex:
             vecs = self.index.reconstruct_batch(cand[valid])
             rows = np.nonzero(valid)[0]
             scores[valid] = np.einsum("ij,ij->i", vecs, queries[rows])
-        kk = min(k, cand.shape[1])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-        out_s = np.take_along_axis(scores, top, axis=1)
-        out_i = np.take_along_axis(cand, top, axis=1)
-        out_i[~np.isfinite(out_s)] = -1
-        if kk < k:
-            pad = k - kk
-            out_s = np.pad(out_s, ((0, 0), (0, pad)), constant_values=-np.inf)
-            out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
-        return out_s, out_i
+        return _top_k(scores, cand, k)
 
     def _rerank_disk(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of candidate rows read from the disk store (each row read once)."""
@@ -656,15 +647,7 @@ class VectorIndex:
             vecs = self.disk.read(wanted)[where.ravel()]
             qrows = np.nonzero(valid)[0]
             scores[valid] = np.einsum("ij,ij->i", vecs, queries[qrows])
-        kk = min(k, cand.shape[1])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-        out_s = np.take_along_axis(scores, top, axis=1)
-        out_i = np.take_along_axis(cand, top, axis=1)
-        out_i[~np.isfinite(out_s)] = -1
-        if kk < k:
-            out_s = np.pad(out_s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-            out_i = np.pad(out_i, ((0, 0), (0, k - kk)), constant_values=-1)
-        return out_s, out_i
+        return _top_k(scores, cand, k)
 
     # --- index types ---
     def set_kind(self, kind: str, params: dict[str, Any] | None = None) -> bool:
@@ -819,3 +802,16 @@ class VectorIndex:
             self.add(ids, vectors)
             added += len(ids)
         return added, removed
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each row of re-ranked candidates (``-inf`` / ``-1`` where there are fewer)."""
+    kk = min(k, ids.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+    out_s = np.take_along_axis(scores, top, axis=1)
+    out_i = np.take_along_axis(ids, top, axis=1)
+    out_i[~np.isfinite(out_s)] = -1
+    if kk < k:
+        out_s = np.pad(out_s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+        out_i = np.pad(out_i, ((0, 0), (0, k - kk)), constant_values=-1)
+    return out_s, out_i
