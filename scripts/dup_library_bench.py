@@ -55,7 +55,9 @@ from searcher.verify import VERIFY_VERSION  # noqa: E402
 TURNED = {"vflip", "rot90", "rot180", "rot270", "combo_rotated_thumb"}
 NOT_COPIES = {"screenshot", "perspective", "combo_photo_of_print", "combo_screenshot_share", "crop_small"}
 DUPLICATE_KINDS = tuple(k for k in KIND_SETS["wide"] if k not in TURNED | NOT_COPIES)
-SPLIT = "report"  # edit parameters from the report half (thresholds are never tuned on these)
+# --half: which holidays-dev groups and which edit parameters. "report" is what the README states; "tune" is
+# the other half (groups[0::2], the tune bins of every edit parameter), where verification rules are tuned
+HALVES = {"report": (slice(1, None, 2), "report"), "tune": (slice(0, None, 2), "tune")}
 
 
 def shared_dir() -> Path:
@@ -65,18 +67,20 @@ def shared_dir() -> Path:
     return path
 
 
-def build(size: int, work: Path) -> dict[str, Any]:
+def build(size: int, work: Path, half: str = "report") -> dict[str, Any]:
     """Write the photos (once) and return the manifest: file name -> (original id, edit kind or role)."""
     manifest_path = work / "manifest.json"
+    groups_slice, split = HALVES[half]
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest["size"] == size and manifest.get("kinds") == list(DUPLICATE_KINDS):
+        same = manifest["size"] == size and manifest.get("kinds") == list(DUPLICATE_KINDS)
+        if same and manifest.get("split", "report") == split:
             return manifest
     photos = work / "photos"
     shutil.rmtree(photos, ignore_errors=True)
     photos.mkdir(parents=True)
     hol = shared_dir() / "datasets" / "holidays-dev"
-    groups = json.loads((hol / "groundtruth.json").read_text())["groups"][1::2]
+    groups = json.loads((hol / "groundtruth.json").read_text())["groups"][groups_slice]
     files: dict[str, dict[str, Any]] = {}
     originals = []
     for g in groups:
@@ -95,10 +99,10 @@ def build(size: int, work: Path) -> dict[str, Any]:
     for r, kind, src in jobs:
         rng = np.random.default_rng([int(src), r, kinds.index(kind)])
         name = f"{src}_{kind}_{r}.jpg"
-        apply_edit(images[src], kind, rng, SPLIT).save(photos / name, quality=90)
+        apply_edit(images[src], kind, rng, split).save(photos / name, quality=90)
         files[name] = {"source": src, "role": kind}
     manifest = {"size": size, "files": files, "originals": len(originals), "copies": len(jobs),
-                "kinds": list(kinds), "split": SPLIT}  # fmt: skip
+                "kinds": list(kinds), "split": split}  # fmt: skip
     manifest_path.write_text(json.dumps(manifest))
     return manifest
 
@@ -223,11 +227,15 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="also profile verification: the N costliest functions")
     ap.add_argument("--profile-pairs", type=int, default=300, help="candidate pairs verified under the profiler")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--half", choices=sorted(HALVES), default="report",
+                    help="report: groups[1::2] with the report edit parameters (the README's figures); tune: "
+                    "groups[0::2] with the tune parameters, for tuning verification rules")  # fmt: skip
     args = ap.parse_args()
-    work = args.work or Path(f"/tmp/searcher-dup-library-{args.size}")
-    out = args.out or REPO / "scripts" / "results" / f"dup_library_{args.size}.json"
+    suffix = "" if args.half == "report" else f"-{args.half}"
+    work = args.work or Path(f"/tmp/searcher-dup-library-{args.size}{suffix}")
+    out = args.out or REPO / "scripts" / "results" / f"dup_library_{args.size}{suffix}.json"
     t = time.monotonic()
-    manifest = build(args.size, work)
+    manifest = build(args.size, work, args.half)
     t_build = time.monotonic() - t
     t_index = index(work)
     fresh = work / "lib-run"
@@ -242,12 +250,12 @@ def main() -> None:
         profile = profile_verification(lib, args.profile_pairs, args.profile) if args.profile else None
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     result: dict[str, Any] = {
-        "command": f"python scripts/dup_library_bench.py --size {args.size}",
+        "command": f"python scripts/dup_library_bench.py --size {args.size}{'' if not suffix else ' --half tune'}",
         "library": {
             "images": len(manifest["files"]),
             "originals": manifest["originals"],
             "copies": manifest["copies"],
-            "source": "holidays-dev groups[1::2]",
+            "source": f"holidays-dev groups[{HALVES[args.half][0].start}::2], {args.half} edit parameters",
         },  # fmt: skip
         "threshold": report.thresholds.verified,
         "threshold_source": report.thresholds.source,
