@@ -180,6 +180,7 @@ def group_around_representatives(
     deeper: Callable[[int, int], Iterable[int]] | None = None,
     alternates: int = MAX_ALTERNATES,
     alternate_score: float = ALTERNATE_SCORE,
+    centre: Callable[[list[int]], int] | None = None,
 ) -> list[tuple[int, list[tuple[int, float]]]]:
     """Groups verified around representatives: about one verified pair per copy.
 
@@ -200,8 +201,12 @@ def group_around_representatives(
     of ``order``. ``deeper(anchor, depth)``: its ``depth`` nearest units (CNN), asked for when most of
     the representative's candidate neighbours turned out to be copies: a picture with many copies has
     more of them than its neighbour list holds (blurred copies, say, are nearer each other than the
-    original). Returns ``[(representative, [(member, score), ...]), ...]``, each score against the
-    anchor the member matched.
+    original). ``centre(units)``: the most central of a group's units (the CNN medoid); once a group
+    stops growing, its centre (when a member, not yet an anchor) becomes an anchor too and what is left
+    is tried against it: the representative is chosen before anything is verified and is often an
+    edited copy (a recoloured one, say), whereas the medoid of the verified group is most often the
+    original, which matches copies (stickers, captions) that fail against the edited one. Returns
+    ``[(representative, [(member, score), ...]), ...]``, each score against the anchor the member matched.
     """
     rank = {u: r for r, u in enumerate(order)}
     taken: set[int] = set()
@@ -217,7 +222,8 @@ def group_around_representatives(
         searched: dict[int, int] = {}  # anchor -> how deep its neighbours were fetched
         tried: dict[int, int] = {}  # unit -> how many anchors (in order) it was scored against
         frontier = [u for u in neighbours[rep] if u not in taken]
-        for _ in range(max_rounds):
+        centred = centre is None
+        for _ in range(max_rounds + 1):
             for u in frontier:
                 tried.setdefault(u, 0)
             joined: list[int] = []
@@ -253,7 +259,18 @@ def group_around_representatives(
                         extra = (w for w in deeper(anchor, depth) if w not in tried and w not in taken)
                         frontier += [w for w in extra if w != rep and w not in frontier]
             if not frontier and len(anchors) == before:
-                break
+                if centred or len(members) < 2:
+                    break
+                centred = True  # the group stopped growing: try what is left against its centre
+                middle = centre(sorted(in_group))  # type: ignore[misc]
+                if middle in anchors:
+                    break
+                anchors.append(middle)
+                frontier = [w for w in neighbours.get(middle, ()) if w not in tried and w not in taken and w != rep]
+                if deeper is not None:
+                    depth = min(MAX_DEPTH, 2 * (len(members) + len(neighbours[rep])))
+                    searched[middle] = depth
+                    frontier += [w for w in deeper(middle, depth) if w not in tried and w not in taken and w != rep]
         if members:
             taken.update(in_group)
             groups.append((rep, members))

@@ -437,10 +437,15 @@ def find_duplicates(
                     out.append(head_of[i])
             return out
 
+        def centre(group: list[int]) -> int:
+            """The group's CNN medoid: the unit with the highest mean cosine to the others."""
+            v = vectors[group]
+            return group[int(np.argmax((v @ v.T).sum(axis=1)))]
+
         progress.begin("Verifying", len(order))
         near = group_around_representatives(
             centrality_order(order, hcos, th.candidate_cosine), near_nbrs, score_pairs, th.verified,
-            allowed=head_allowed, reachable=reachable, visited=progress.advance, deeper=deeper,
+            allowed=head_allowed, reachable=reachable, visited=progress.advance, deeper=deeper, centre=centre,
         )  # fmt: skip
         progress.end()
     t_verify = time.monotonic()

@@ -84,3 +84,22 @@ def test_centrality_order_puts_the_original_first() -> None:
     edges = {(0, 3): 0.9, (1, 3): 0.92, (2, 3): 0.88, (0, 1): 0.7, (1, 2): 0.6, (4, 5): 0.3}
     assert centrality_order([0, 1, 2, 3, 4, 5], edges, 0.5)[:1] == [3]
     assert centrality_order([5, 4], {(4, 5): 0.3}, 0.5) == [5, 4]  # under the floor: keep-rule order
+
+
+def test_what_fails_against_an_edited_representative_is_tried_against_the_group_centre() -> None:
+    # 0 leads (a recoloured copy, chosen before verifying); 1 is the original, 2 and 3 copies of it: 3 (a
+    # sticker) fails against 0 but matches 1, the group's centre, so it joins once the group stops growing
+    nbrs = _both_ways({0: {1, 2, 3}, 1: {2, 3}})
+    table = {(0, 1): 0.93, (0, 2): 0.92, (0, 3): 0.5, (1, 2): 0.99, (1, 3): 0.95, (2, 3): 0.6}
+    without = group_around_representatives([0, 1, 2, 3], nbrs, Scorer(table), 0.9, alternates=0)
+    assert without == [(0, [(1, 0.93), (2, 0.92)])]
+    score = Scorer(table)
+    groups = group_around_representatives(
+        [0, 1, 2, 3], nbrs, score, 0.9, alternates=0, centre=lambda units: 1 if 1 in units else units[0]
+    )
+    assert groups == [(0, [(1, 0.93), (2, 0.92), (3, 0.95)])]
+    assert (2, 3) not in score.asked and (1, 2) not in score.asked  # members are not verified against the centre
+    # a centre that is the representative itself adds nothing (and asks nothing more)
+    score = Scorer(table)
+    same = group_around_representatives([0, 1, 2, 3], nbrs, score, 0.9, alternates=0, centre=lambda units: 0)
+    assert same == without and (1, 3) not in score.asked
