@@ -5,8 +5,9 @@ every candidate pair found by the CNN is checked here on the pixels:
 
 0. Pictures of the same aspect ratio are first compared as they lie (resized onto each other, and
    mirrored), as in step 3 with no transform to find: a resize, a recompression, a recolour, a blur or a
-   caption settles there, without local features (a blurred copy has few). Only what does not settle
-   goes on.
+   caption settles there, without local features (a blurred copy has few); so do stickers and
+   watermarks, whose covered pixels are left out (:func:`occlusion_tolerant_score`). Only what does
+   not settle goes on.
 1. Local features (SIFT, on a grey working copy of fixed size) of both images,
    also of the mirrored first image, so flips are handled; SIFT itself is
    rotation and scale invariant (90-degree turns, small rotations, resizes, crops).
@@ -53,6 +54,13 @@ MIN_CELLS = 6  # textured cells needed for a dense verdict
 MIN_CELL_VAR = 4.0  # grey-level variance below which a cell is flat (no evidence)
 CELL_QUANTILE = 10  # percentile of cell correlations that counts (all parts of a copy must match)
 BLUR_SIGMA = 3.0  # pixels of blur before comparing (recompression, noise and blur matter little)
+LOW_RANGE = 48.0  # grey levels (0.5 to 99.5 percentile) below which a working copy is stretched to the full range
+LOW_CONTRAST = 0.01  # SIFT's contrast threshold for a picture where the default (0.04) finds under half the keypoints
+# occlusion-tolerant comparison (occlusion_tolerant_score): what counts as a pixel the copy covered
+OUTLIER_SIGMAS = 4.0
+OUTLIER_FLOOR = 6.0  # grey levels
+MAX_OUTLIERS = 0.25  # share of the pixels: more, and the pictures differ too widely for covered parts
+COVERED_MEDIAN = 0.7  # median cell correlation a pair needs before covered parts are looked for
 # a score this high settles a pair: the mirrored match and the other direction are not tried (they could
 # only raise it). No verdict changes at any threshold up to this (the shipped one is 0.795, the fallback 0.95);
 # only the score of a pair already above it may be lower than the best of all four tries.
@@ -67,8 +75,10 @@ THUMB_SIDE = 16  # the thumbnail (16 x 16 grey levels, any aspect) that pre-scre
 # copies that pass there agree at 0.9 and more (a blur or a caption hardly changes a 16 x 16 thumbnail)
 ALIGNED_THUMB_MIN = 0.5
 # bump when the score changes (cached scores are dropped); v2: frame edges masked; v3: EARLY_ACCEPT,
-# mirrored features from the plain ones; v4: pictures of one aspect ratio compared as they lie first, 400 keypoints
-VERIFY_VERSION = "v4"
+# mirrored features from the plain ones; v4: pictures of one aspect ratio compared as they lie first, 400 keypoints;
+# v5-v8 (one change): misfit in the original's pixels, low-range pictures stretched, low-contrast ones detected
+# with a lower bar, covered parts (stickers, captions, watermarks) tolerated in pictures compared as they lie
+VERIFY_VERSION = "v8"
 
 cv2.setNumThreads(1)
 
@@ -88,8 +98,9 @@ class Features:
     working copy, about 480 KB with the cells of step 0) so a library's features fit in memory. Thread-safe.
     """
 
-    def __init__(self, grey: np.ndarray) -> None:
+    def __init__(self, grey: np.ndarray, upscale: float = 1.0) -> None:
         self._grey = np.asarray(grey, dtype=np.uint8)  # (h, w) grey levels
+        self.upscale = max(1.0, float(upscale))  # working copy / original size, when the original was smaller
         self._plain: _Side | None = None
         self._mirrored: _Side | None = None
         self._lock = threading.Lock()
@@ -165,27 +176,37 @@ class Verification:
 _sift_local = threading.local()
 
 
-def _sift() -> cv2.SIFT:
-    sift = getattr(_sift_local, "sift", None)
+def _sift(low_contrast: bool = False) -> cv2.SIFT:
+    name = "low" if low_contrast else "sift"
+    sift = getattr(_sift_local, name, None)
     if sift is None:
-        sift = cv2.SIFT_create(nfeatures=NFEATURES)
-        _sift_local.sift = sift
+        sift = cv2.SIFT_create(nfeatures=NFEATURES, contrastThreshold=LOW_CONTRAST if low_contrast else 0.04)
+        setattr(_sift_local, name, sift)
     return sift
 
 
 def working_grey(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
-    """Luminance resized so the longest side is ``side`` (aspect kept), float32."""
+    """Luminance resized so the longest side is ``side`` (aspect kept), float32; a picture whose grey
+    levels span less than :data:`LOW_RANGE` (a night sky, say) is stretched to the full range first, or
+    its cells would all look flat and its copies could not be told from other pictures."""
     grey = img.convert("L")
     w, h = grey.size
     f = side / max(w, h)
     size = (max(8, round(w * f)), max(8, round(h * f)))
     if size != grey.size:
         grey = grey.resize(size, Image.Resampling.BILINEAR if f > 1 else Image.Resampling.BOX)
-    return np.asarray(grey, dtype=np.float32)
+    out = np.asarray(grey, dtype=np.float32)
+    lo, hi = np.percentile(out, (0.5, 99.5))
+    if 1.0 <= hi - lo < LOW_RANGE:
+        out = np.clip((out - lo) * (255.0 / (hi - lo)), 0.0, 255.0).astype(np.float32)
+    return out
 
 
 def _detect(grey: np.ndarray) -> _Side:
-    kps, desc = _sift().detectAndCompute(grey.astype(np.uint8), None)
+    image = grey.astype(np.uint8)
+    kps, desc = _sift().detectAndCompute(image, None)
+    if len(kps) < NFEATURES // 2:  # a low-contrast picture (haze, fog): SIFT's default contrast bar finds little
+        kps, desc = _sift(low_contrast=True).detectAndCompute(image, None)
     pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
     return _Side(pts, None if desc is None else np.clip(np.rint(desc), 0, 255).astype(np.uint8))
 
@@ -217,13 +238,16 @@ def single_threaded_blas() -> contextlib.AbstractContextManager[object]:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def features_of_image(img: Image.Image) -> Features:
-    return Features(working_grey(img))
+def features_of_image(img: Image.Image, original_side: int | None = None) -> Features:
+    """``original_side``: the longest side of the original, when ``img`` was decoded smaller."""
+    grey = working_grey(img)
+    return Features(grey, upscale=max(grey.shape) / (original_side or max(img.size)))
 
 
 def features_of_path(path: str | os.PathLike[str]) -> Features:
     """Decode ``path`` (EXIF orientation applied) and extract features; raises DecodeError."""
-    return features_of_image(open_image(path, min_side=WORK_SIDE).image)
+    decoded = open_image(path, min_side=WORK_SIDE)
+    return features_of_image(decoded.image, max(decoded.width, decoded.height))
 
 
 # one image's Features at WORK_SIDE 320: grey copy + 600 descriptors (uint8) + points + cells (float32)
@@ -342,6 +366,54 @@ def cell_correlations(a: np.ndarray, b: np.ndarray, mask: np.ndarray, grid: int 
     return (cov[ok] / np.sqrt(va[ok] * vb[ok])).astype(np.float32)
 
 
+def cell_score(ncc: np.ndarray) -> float:
+    """The correlation that counts, from the per-cell correlations of an aligned pair: a low quantile
+    (every part of a copy must match, not just most of it)."""
+    return float(np.clip(np.percentile(ncc, CELL_QUANTILE), 0.0, 1.0))
+
+
+def occlusion_tolerant_score(a: np.ndarray, b: np.ndarray, grid: int = GRID) -> float:
+    """:func:`cell_score` with the pixels a sticker, a caption or a watermark covers left out.
+
+    ``a`` and ``b``: aligned, blurred grey levels of one size, a multiple of ``grid`` on each side. Each
+    cell's grey levels of ``b`` are fitted as a linear function of ``a``'s; pixels the fit misses by more
+    than :data:`OUTLIER_SIGMAS` robust deviations (or :data:`OUTLIER_FLOOR` grey levels) are outliers, the
+    fit is redone without them, and cells keep their correlation over their inliers (cells mostly
+    outliers are dropped). The quantile of those is scaled by the inlier share, and none of it counts
+    when more than :data:`MAX_OUTLIERS` of the pixels are outliers: another shot of the scene, aligned,
+    differs everywhere (parallax, moving things), not in a few added shapes.
+    """
+    h, w = a.shape
+    ch, cw = h // grid, w // grid
+
+    def sums(x: np.ndarray) -> np.ndarray:
+        return x.reshape(grid, ch, grid, cw).sum(axis=(1, 3), dtype=np.float64)
+
+    def spread(c: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(c.astype(np.float32), ch, 0), cw, 1)
+
+    a64, b64 = a.astype(np.float32), b.astype(np.float32)
+    weight = np.ones_like(a64)
+    for fit in (True, False):
+        n = np.maximum(sums(weight), 1.0)
+        ma, mb = sums(a64 * weight) / n, sums(b64 * weight) / n
+        va = sums(a64 * a64 * weight) / n - ma * ma
+        vb = sums(b64 * b64 * weight) / n - mb * mb
+        cov = sums(a64 * b64 * weight) / n - ma * mb
+        if not fit:
+            break
+        slope = np.clip(cov / np.maximum(va, 1e-6), 0.0, 8.0)
+        miss = np.abs(b - (spread(slope) * a + spread(mb - slope * ma)))
+        sigma = 1.4826 * float(np.median(miss))
+        weight = (miss <= max(OUTLIER_SIGMAS * sigma, OUTLIER_FLOOR)).astype(np.float32)
+    outliers = 1.0 - float(weight.mean())
+    ok = (sums(weight) >= 0.5 * ch * cw) & (va >= MIN_CELL_VAR) & (vb >= MIN_CELL_VAR)
+    if outliers > MAX_OUTLIERS or int(ok.sum()) < MIN_CELLS:
+        return 0.0
+    ncc = cov[ok] / np.sqrt(va[ok] * vb[ok])
+    return float(np.clip(np.percentile(ncc, CELL_QUANTILE), 0.0, 1.0)) * (1.0 - outliers)
+
+
 def _scale(m: np.ndarray) -> float:
     return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
 
@@ -371,8 +443,7 @@ def _dense_check(ga: np.ndarray, gb: np.ndarray, m: np.ndarray) -> tuple[float, 
     ncc = cell_correlations(wa, wbb, mask)
     if len(ncc) < MIN_CELLS:
         return 0.0, containment, len(ncc)
-    corr = float(np.clip(np.percentile(ncc, CELL_QUANTILE), 0.0, 1.0))
-    return corr, containment, len(ncc)
+    return cell_score(ncc), containment, len(ncc)
 
 
 @dataclass
@@ -431,7 +502,12 @@ def _aligned_same_size(fa: Features, fb: Features, mirrored: bool) -> tuple[floa
     ncc = ca.correlations(cb)
     if len(ncc) < MIN_CELLS:
         return 0.0, 1.0, len(ncc)
-    return float(np.clip(np.percentile(ncc, CELL_QUANTILE), 0.0, 1.0)), 1.0, len(ncc)
+    corr = cell_score(ncc)
+    # only as they lie (a transform fitted to a burst shot lines up all but what moved), and only where most
+    # cells already agree: a copy with covered parts (cheap to rule out for the many pairs that differ)
+    if corr < EARLY_ACCEPT and float(np.median(ncc)) >= COVERED_MEDIAN:
+        corr = max(corr, occlusion_tolerant_score(ca.values, cb.values))
+    return corr, 1.0, len(ncc)
 
 
 def aligned_check(fa: Features, fb: Features) -> Verification | None:
@@ -494,6 +570,9 @@ def verify_features(fa: Features, fb: Features, plain_dist: np.ndarray | None = 
         else:
             corr, containment, cells = _dense_check(fb.grey, ga, _invert(m))
             residual /= s  # misfit in the frame compared
+        # keypoints are placed to a fraction of a pixel of the original: a small picture enlarged to the
+        # working size has its misfit enlarged with it (a 150-pixel copy: twice the misfit of its original)
+        residual /= max(fa.upscale, fb.upscale)
         score = combine(corr, containment, residual)
         if score > best.score or best.inliers == 0:
             angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
