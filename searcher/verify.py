@@ -62,7 +62,7 @@ OUTLIER_FLOOR = 6.0  # grey levels
 MAX_OUTLIERS = 0.25  # share of the pixels: more, and the pictures differ too widely for covered parts
 COVERED_MEDIAN = 0.7  # median cell correlation a pair needs before covered parts are looked for
 # a score this high settles a pair: the mirrored match and the other direction are not tried (they could
-# only raise it). No verdict changes at any threshold up to this (the shipped one is 0.795, the fallback 0.95);
+# only raise it). No verdict changes at any threshold up to this (the shipped one is 0.8157, the fallback 0.95);
 # only the score of a pair already above it may be lower than the best of all four tries.
 EARLY_ACCEPT = 0.95
 # pictures whose aspect ratios differ by at most this are first compared as they lie (step 0)
