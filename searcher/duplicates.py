@@ -440,7 +440,7 @@ def find_duplicates(
         def centre(group: list[int]) -> int:
             """The group's CNN medoid: the unit with the highest mean cosine to the others."""
             v = vectors[group]
-            return group[int(np.argmax((v @ v.T).sum(axis=1)))]
+            return group[int(np.argmax(v @ v.sum(axis=0)))]  # sum of cosines to all, without the g x g matrix
 
         progress.begin("Verifying", len(order))
         near = group_around_representatives(

@@ -392,14 +392,14 @@ def occlusion_tolerant_score(a: np.ndarray, b: np.ndarray, grid: int = GRID) -> 
     def spread(c: np.ndarray) -> np.ndarray:
         return np.repeat(np.repeat(c.astype(np.float32), ch, 0), cw, 1)
 
-    a64, b64 = a.astype(np.float32), b.astype(np.float32)
-    weight = np.ones_like(a64)
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    weight = np.ones_like(a32)
     for fit in (True, False):
         n = np.maximum(sums(weight), 1.0)
-        ma, mb = sums(a64 * weight) / n, sums(b64 * weight) / n
-        va = sums(a64 * a64 * weight) / n - ma * ma
-        vb = sums(b64 * b64 * weight) / n - mb * mb
-        cov = sums(a64 * b64 * weight) / n - ma * mb
+        ma, mb = sums(a32 * weight) / n, sums(b32 * weight) / n
+        va = sums(a32 * a32 * weight) / n - ma * ma
+        vb = sums(b32 * b32 * weight) / n - mb * mb
+        cov = sums(a32 * b32 * weight) / n - ma * mb
         if not fit:
             break
         slope = np.clip(cov / np.maximum(va, 1e-6), 0.0, 8.0)
@@ -410,8 +410,7 @@ def occlusion_tolerant_score(a: np.ndarray, b: np.ndarray, grid: int = GRID) -> 
     ok = (sums(weight) >= 0.5 * ch * cw) & (va >= MIN_CELL_VAR) & (vb >= MIN_CELL_VAR)
     if outliers > MAX_OUTLIERS or int(ok.sum()) < MIN_CELLS:
         return 0.0
-    ncc = cov[ok] / np.sqrt(va[ok] * vb[ok])
-    return float(np.clip(np.percentile(ncc, CELL_QUANTILE), 0.0, 1.0)) * (1.0 - outliers)
+    return cell_score(cov[ok] / np.sqrt(va[ok] * vb[ok])) * (1.0 - outliers)
 
 
 def _scale(m: np.ndarray) -> float:
