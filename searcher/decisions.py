@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import select, tuple_
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -80,8 +81,15 @@ def has_scores(session: Session, version: str) -> bool:
 
 
 def store_scores(session: Session, scores: dict[tuple[str, str], float], version: str) -> None:
-    for (a, b), score in scores.items():
-        session.merge(PairScoreRow(hash_a=a, hash_b=b, version=version, score=float(score)))
+    """Insert or replace the scores in one executemany (a merge per row selected each first: 4 s of a
+    3,000-photo ``duplicates`` run for its 10,000 pairs)."""
+    if not scores:
+        return
+    stmt = sqlite_insert(PairScoreRow)
+    key = ["hash_a", "hash_b", "version"]
+    stmt = stmt.on_conflict_do_update(index_elements=key, set_={"score": stmt.excluded.score})
+    rows = [{"hash_a": a, "hash_b": b, "version": version, "score": float(s)} for (a, b), s in scores.items()]
+    session.execute(stmt, rows)
 
 
 def cached_rotations(
