@@ -76,6 +76,7 @@ def test_matching_equals_opencv_brute_force(holidays) -> None:
     ]
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     for fa, fb in pairs:
+        matched = 0
         for a, b in ((fa.plain, fb.plain), (fb.plain, fa.plain), (fa.mirrored, fb.plain)):
             src_pts, dst_pts, used = [], [], set()
             for m, n in matcher.knnMatch(a.descriptors, b.descriptors, k=2):
@@ -84,9 +85,10 @@ def test_matching_equals_opencv_brute_force(holidays) -> None:
                     src_pts.append(a.points[m.queryIdx])
                     dst_pts.append(b.points[m.trainIdx])
             got_src, got_dst = verify._match(a, b)
-            assert len(src_pts) > 0
-            np.testing.assert_array_equal(got_src, np.array(src_pts, np.float32))
-            np.testing.assert_array_equal(got_dst, np.array(dst_pts, np.float32))
+            matched += len(src_pts)
+            np.testing.assert_array_equal(got_src, np.array(src_pts, np.float32).reshape(-1, 2))
+            np.testing.assert_array_equal(got_dst, np.array(dst_pts, np.float32).reshape(-1, 2))
+        assert matched > 0  # (the mirrored picture may match nothing)
         # the other direction from the transposed distances is the same as computing them afresh
         dist = verify._distances(fa.plain, fb.plain)
         again = verify._match(fb.plain, fa.plain)[0]
@@ -236,3 +238,31 @@ def test_occlusion_tolerance_refuses_pictures_that_differ_everywhere(holidays) -
     fa, fb = (verify.features_of_path(holidays / f"{n}.jpg") for n in ("104000", "104001"))
     assert fa.shape == fb.shape
     assert verify.occlusion_tolerant_score(fa.cells(False).values, fb.cells(False).values) < 0.5
+
+
+def test_keypoints_found_on_a_smaller_copy_are_placed_in_working_copy_pixels(holidays) -> None:
+    """SIFT runs on a SIFT_SIDE copy of a textured picture; its keypoints come back in the working copy's
+    pixels, so the transform between a picture and a shifted crop of it is the shift itself."""
+    grey = verify.working_grey(Image.open(holidays / "100400.jpg").convert("RGB"))
+    whole, shifted = verify.Features(grey), verify.Features(grey[10:, 24:])
+    assert whole.plain.step == pytest.approx(max(grey.shape) / verify.SIFT_SIDE, rel=0.02)
+    assert len(whole.plain.points) >= verify.FEW_COARSE
+    assert whole.plain.points[:, 0].max() > verify.SIFT_SIDE  # not in the small copy's pixels
+    src, dst = verify._match(shifted.plain, whole.plain)
+    m, inliers, misfit = verify._similarity(src, dst)
+    assert m is not None and inliers >= 20
+    assert m[0, 2] == pytest.approx(24, abs=1.0) and m[1, 2] == pytest.approx(10, abs=1.0)
+    assert verify._scale(m) == pytest.approx(1.0, abs=0.01)
+
+
+def test_plain_pictures_are_detected_on_the_working_copy_itself() -> None:
+    """A picture with few keypoints at SIFT_SIDE (little texture) gets them from the working copy, placed
+    twice as finely (a bordered copy of Holidays 101400 scored 0.64 from 60 coarse keypoints, 0.98 so)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:240, 0:320]
+    grey = (120 + 60 * np.sin(x / 37.0) * np.cos(y / 29.0)).astype(np.float32)
+    for cx, cy in rng.integers(20, 220, size=(14, 2)):
+        grey[cy : cy + 6, cx : cx + 6] = 250.0  # a few small bright marks
+    feats = verify.Features(grey)
+    assert feats.plain.step == 1.0
+    assert len(feats.plain.points) > 0
