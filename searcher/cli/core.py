@@ -184,7 +184,7 @@ def query(
             min=0,
             help="Re-rank the first N results by pixel verification (local features + geometry), best first, "
             "with a 'verified' score (1 = the same picture): finds the original of an edited copy. ~15 ms a result. "
-            "Default: as the preset says (instance: the first 10 when the two best scores are within 0.02); 0 = off.",
+            "Default: as the preset says (instance: the first 10 when the two best scores are within 0.05); 0 = off.",
         ),
     ] = None,
     dirs: Annotated[list[Path] | None, typer.Option("--dir", help="Folder of probe images (repeatable).")] = None,
