@@ -520,9 +520,14 @@ def evaluate_folder(
     pooling: str | None = None,
     index: bool = True,
     progress: Progress | None = None,
+    verify_top: int = 0,
+    verify_gap: float = float("inf"),
 ) -> EvalReport:
     """Index ``folder`` (only new work; ``index=False`` uses what is there), then rank every query of
-    ``groundtruth`` against every other image of the folder and score the rankings."""
+    ``groundtruth`` against every other image of the folder and score the rankings.
+
+    ``verify_top``, ``verify_gap``: re-rank the first results by pixel verification as the default
+    query does (:func:`searcher.rerank.needs_verification`, :func:`searcher.rerank.verified_head`)."""
     options = options or RetrievalOptions()
     seconds: dict[str, float] = {}
     root, model, ids, paths, vectors = _prepare(
@@ -554,8 +559,19 @@ def evaluate_folder(
     started = time.monotonic()
     rankings: dict[str, np.ndarray] = {}
     positives: dict[str, set[int]] = {}
+    from searcher.rerank import needs_verification
+
+    verifier = None
+    if verify_top:
+        from searcher.duplicates import thresholds_for
+
+        verifier = _Verifier(thresholds_for(model).verified)
+    path_of = {int(i): p for p, i in zip(paths, ids, strict=True)}
     for q, r, variants, own in zip(queries, qrows, probes, probe_regions, strict=True):
-        rankings[q] = ranker.rank(variants, exclude=[int(ids[r])], probe_regions=own).ids
+        ranked = ranker.rank(variants, exclude=[int(ids[r])], probe_regions=own)
+        rankings[q] = ranked.ids
+        if verifier is not None and needs_verification(ranker.plain_scores(variants, ranked), verify_top, verify_gap):
+            rankings[q], _ = verifier.rerank(paths[r], ranked.ids, path_of, verify_top)
         positives[q] = {int(ids[row_of[found[p]]]) for p in groundtruth.queries[q] if p in found}
     seconds["rank"] = time.monotonic() - started
     metrics = score_rankings(rankings, positives, ks)
@@ -694,7 +710,7 @@ def near_duplicate_benchmark(
         verified_queries = 0
         started = time.monotonic()
         ranker = Ranker(ids, vectors, options)
-        verifier = _Verifier() if verify_top else None
+        verifier = _Verifier(th.verified) if verify_top else None
         for entry, variants, own in zip(manifest, probes, probe_regions, strict=True):
             ranked = ranker.rank(variants, k=10, probe_regions=own)
             order = ranked.ids
@@ -762,22 +778,26 @@ def near_duplicate_benchmark(
 
 
 class _Verifier:
-    """Re-ranks CNN candidates by the duplicates module's pixel verification score (features cached
-    across probes: the same sources come back again and again)."""
+    """Re-ranks CNN candidates as the default query does (:func:`searcher.rerank.verified_head`:
+    verified copies first, then what a homography ties to the probe), features cached across
+    probes (the same sources come back again and again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, copy_at: float = 1.0) -> None:
         from searcher.verify import FeatureCache
 
         self.cache = FeatureCache()
+        self.copy_at = copy_at
 
     def rerank(
         self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int
     ) -> tuple[np.ndarray, dict[int, float]]:
         """The new order, and the verified score of each of the first ``top`` ids."""
-        from searcher.verify import verified_scores
+        from searcher.rerank import SPATIAL_INLIERS, verified_head
+        from searcher.verify import verified_evidence
 
         head = [int(i) for i in order[:top]]
-        scores = verified_scores(probe, [path_of[i] for i in head], self.cache)
-        best = sorted(range(len(head)), key=lambda j: (-scores[j], j))  # ties keep the CNN order
+        evidence = verified_evidence(probe, [path_of[i] for i in head], self.cache, self.copy_at, SPATIAL_INLIERS)
+        scores = [s for s, _ in evidence]
+        best = verified_head([], scores, [n for _, n in evidence], self.copy_at)
         new_order = np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)
         return new_order, dict(zip(head, scores, strict=True))

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from searcher.embed import Embedder, ModelIdentity
     from searcher.vector_index import VectorIndex
+    from searcher.verify import FeatureCache
 
 DB_NAME = "library.db"
 INDEX_DIR = "indexes"
@@ -85,6 +86,7 @@ class Library:
         self._lock = WriteLock(root / LOCK_NAME)
         self._indexes: dict[str, VectorIndex] = {}
         self._embedders: dict[str, Embedder] = {}
+        self._verify_cache: FeatureCache | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -108,6 +110,7 @@ class Library:
         self._lock.release()
         self._indexes.clear()
         self._embedders.clear()
+        self._verify_cache = None
         self.engine.dispose()
 
     def __enter__(self) -> Library:
@@ -177,6 +180,17 @@ class Library:
                 )
             counts = {r.id: session.scalar(select(func.count()).where(EmbeddingRow.model_id == r.id)) for r in rows}
             return max(rows, key=lambda r: (counts[r.id], r.id))
+
+    def verify_cache(self) -> FeatureCache:
+        """Local features of the pictures the default query has verified, kept while the library is
+        open (a server or a script asking many queries verifies the same results again and again);
+        keys carry each file's size and mtime, so a changed file is read again. At most 512 pictures
+        (about 250 MB)."""
+        if self._verify_cache is None:
+            from searcher.verify import FeatureCache
+
+            self._verify_cache = FeatureCache(capacity=512)
+        return self._verify_cache
 
     def embedder_for(self, model: ModelRow, runtime: str | None = None) -> Embedder:
         """A loaded network that produces vectors comparable with ``model``'s (built once, kept).

@@ -29,15 +29,21 @@ if TYPE_CHECKING:
 REGIONAL_DEPTH = 100  # results per probe region: ``REGIONAL_DEPTH // 4`` (searcher.regions.regional_scores)
 
 
-def verified_order(probe: str, hits: list[Hit], top: int, cache: FeatureCache) -> list[Hit]:
-    """``hits`` with the first ``top`` re-ranked by pixel verification against ``probe`` (best
-    first, ties keep their order) and their ``verified`` score set; the rest follow unchanged."""
-    from searcher.verify import verified_scores
+def verified_order(probe: str, hits: list[Hit], top: int, cache: FeatureCache, copy_at: float = 1.0) -> list[Hit]:
+    """``hits`` with the first ``top`` re-ranked by pixel verification against ``probe``
+    (:func:`searcher.rerank.verified_head`: copies, verified score at least ``copy_at``, first; then
+    results a homography ties to the probe) and their ``verified`` score and ``inliers`` set; the
+    rest follow unchanged."""
+    from searcher.rerank import SPATIAL_INLIERS, verified_head
+    from searcher.verify import verified_evidence
 
     head, tail = hits[:top], hits[top:]
-    for hit, score in zip(head, verified_scores(probe, [h.path for h in head], cache), strict=True):
+    evidence = verified_evidence(probe, [h.path for h in head], cache, copy_at, SPATIAL_INLIERS)
+    for hit, (score, inliers) in zip(head, evidence, strict=True):
         hit.verified = score
-    head.sort(key=lambda h: (-(h.verified or 0.0), h.rank))
+        hit.inliers = inliers if score < copy_at else None
+    order = verified_head([h.score for h in head], [s for s, _ in evidence], [n for _, n in evidence], copy_at)
+    head = [head[j] for j in order]
     for rank, hit in enumerate([*head, *tail], 1):
         hit.rank = rank
     return [*head, *tail]
@@ -76,11 +82,12 @@ def query(
 
     ``verify``: re-rank the first ``verify`` results by pixel verification (SIFT matches, a
     similarity transform, aligned pixel correlation: :mod:`searcher.verify`, as ``searcher
-    duplicates`` confirms copies), best verified first; ``Hit.verified`` holds the score. It finds
-    the original of an edited copy (near-duplicate recall@1 0.961 -> 0.998 in the README) for
-    about 15 ms per verified result. ``None`` (default): as the preset says
-    (:attr:`searcher.rerank.Preset.verify_top`, only when the first two scores are closer than
-    ``verify_gap``); ``0``: never.
+    duplicates`` confirms copies): copies first (at the duplicates threshold), then results that a
+    homography ties to the probe (a photo of a print, another shot of a facade), then the rest;
+    ``Hit.verified`` holds the score, ``Hit.inliers`` the homography's inliers of those that are not
+    copies. It finds the original of an edited copy (near-duplicate recall@1 0.961 -> 0.998 in the
+    README) for about 7-15 ms per verified result. ``None`` (default): as the preset says
+    (:attr:`searcher.rerank.Preset.verify_top`: instance, the first 10 of every query); ``0``: never.
     """
     from searcher import rerank
 
@@ -167,11 +174,12 @@ def query(
         gap = chosen.verify_gap if verify is None else float("inf")
         todo_verify = {p for p, hits in results.items() if rerank.needs_verification([h.score for h in hits], top, gap)}
         if todo_verify:
-            from searcher.verify import FeatureCache
+            from searcher.duplicates import thresholds_for
 
-            cache = FeatureCache(capacity=max(256, 2 * top))  # probes of one call share candidates
+            copy_at = thresholds_for(model).verified
+            cache = lib.verify_cache()  # queries of one open library share their results' features
             for p in todo_verify:
-                results[p] = verified_order(p, results[p], top, cache)
+                results[p] = verified_order(p, results[p], top, cache, copy_at)
     return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
 
 

@@ -62,6 +62,7 @@ class Hit:
     height: int | None
     image_id: int
     verified: float | None = None  # pixel verification score (``query(verify=N)``): 1 = same picture
+    inliers: int | None = None  # SIFT matches one homography explains (verified results that are not copies)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class QueryResult:
                     "width": h.width,
                     "height": h.height,
                     **({} if h.verified is None else {"verified": round(h.verified, 4)}),
+                    **({} if h.inliers is None else {"inliers": h.inliers}),
                 }
                 for h in self.results
             ],

@@ -131,15 +131,16 @@ def trim_border(
 
 
 def _longest_run(mask: np.ndarray, gap: int) -> tuple[int, int]:
-    """(start, end) of the longest run of True in ``mask``, bridging runs of False up to ``gap``."""
-    best, start, last = (0, 0), None, -(10**9)
-    for i in np.flatnonzero(mask):
-        if start is None or i - last > gap + 1:
-            start = i
-        last = i
-        if last + 1 - start > best[1] - best[0]:
-            best = (int(start), int(last) + 1)
-    return best
+    """(start, end) of the longest run of True in ``mask`` (the first of equals), bridging runs of
+    False up to ``gap``."""
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return (0, 0)
+    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
+    starts = idx[np.r_[0, breaks + 1]]
+    ends = idx[np.r_[breaks, len(idx) - 1]] + 1
+    j = int(np.argmax(ends - starts))
+    return int(starts[j]), int(ends[j])
 
 
 def picture_box(
@@ -177,8 +178,17 @@ def picture_box(
 
 
 def _longest_runs(mask: np.ndarray, gap: int) -> np.ndarray:
-    """Per row of a 2-D ``mask``: the length of its longest run of True (gaps up to ``gap`` bridged)."""
-    return np.asarray([(lambda r: r[1] - r[0])(_longest_run(row, gap)) for row in mask])
+    """Per row of a 2-D ``mask``: the length of its longest run of True (gaps up to ``gap`` bridged),
+    as :func:`_longest_run` of each row, for all rows at once."""
+    rows, cols = np.nonzero(mask)
+    out = np.zeros(mask.shape[0], np.int64)
+    if len(rows) == 0:
+        return out
+    new_run = np.r_[True, (np.diff(rows) != 0) | (np.diff(cols) > gap + 1)]
+    starts = np.flatnonzero(new_run)
+    ends = np.r_[starts[1:], len(rows)] - 1
+    np.maximum.at(out, rows[starts], cols[ends] - cols[starts] + 1)
+    return out
 
 
 def inner_picture(pixels: np.ndarray) -> tuple[np.ndarray | None, bool]:
@@ -340,11 +350,29 @@ class Preset:
     regional_margin: float | None = None
 
 
-def verified_head(cosines: Sequence[float], verified: Sequence[float]) -> list[int]:
-    """Positions of the verified head in their new order: best verified score first, ties (e.g.
-    every result 0: nothing is a copy) keep the CNN order."""
+SPATIAL_INLIERS = 20  # homography inliers (verify.geometric_inliers) that count as the same thing seen again
+
+
+def verified_head(
+    cosines: Sequence[float],
+    verified: Sequence[float],
+    inliers: Sequence[int] | None = None,
+    copy_at: float = 0.0,
+) -> list[int]:
+    """Positions of the verified head in their new order: copies first (a verified score of at
+    least ``copy_at``: the duplicates threshold), best first; then what a homography ties to the
+    probe (at least :data:`SPATIAL_INLIERS` inliers: a photo of a print, another shot of the same
+    facade), most inliers first; then the rest by verified score. Ties (e.g. every result 0:
+    nothing is a copy) keep the CNN order. With only ``verified``: best verified score first."""
     del cosines  # the CNN order is the positions' order
-    return sorted(range(len(verified)), key=lambda j: (-verified[j], j))
+    counts = list(inliers) if inliers is not None else [0] * len(verified)
+
+    def key(j: int) -> tuple[float, int, float, int]:
+        copy = verified[j] if verified[j] >= copy_at else 0.0
+        spatial = counts[j] if counts[j] >= SPATIAL_INLIERS else 0
+        return (-copy, -spatial, -verified[j], j)
+
+    return sorted(range(len(verified)), key=key)
 
 
 def needs_verification(cosines: Sequence[float], top: int, gap: float) -> bool:
@@ -362,10 +390,11 @@ def needs_verification(cosines: Sequence[float], top: int, gap: float) -> bool:
 # (k=2) is available but off (it helps categories, not instances). Exact DBA needs a search of the
 # whole database for each shortlisted result: 2.6 s per query at 50,000 flat vectors on the 2-core
 # test machine, against 0.07 s for the search itself. Regional probes (margin -0.02) and the
-# verification rule (the first 10 when the two best cosines are within 0.05; 0.02 before verification
-# v9 made a verified pair 5x cheaper and 0.05 the cheapest rule with the best recall@1) were chosen on
-# Flowers-17 with the 'tune' parameters of the widened edits (scripts/regions_eval.py) and reported
-# on holidays-dev with the 'report' parameters (README, "Retrieval quality").
+# verification rule were chosen on Flowers-17 with the 'tune' parameters of the widened edits
+# (scripts/regions_eval.py, scripts/spatial_eval.py) and reported on holidays-dev with the 'report'
+# parameters (README, "Retrieval quality"): the first 10 are verified for every query (copies first,
+# then what a homography ties to the probe: verified_head); the rule was "when the two best cosines
+# are within 0.05" until the homography order made verifying every query the best choice there.
 #
 # ``category``: chosen on one half of Flowers-17 (40 photos of each species), confirmed on the other
 # half (P@10 0.737 -> 0.812 there; scripts/tune_category.py): square-rooted vectors, DBA with 5
@@ -376,7 +405,6 @@ PRESETS: dict[str, Preset] = {
         "instance",
         "the same scene, object or photo (edited, re-framed or turned copies)",
         verify_top=10,
-        verify_gap=0.05,
         regional_margin=-0.02,
     ),
     "category": Preset(

@@ -45,9 +45,9 @@ COMMANDS: dict[str, tuple[list[str], set[str], set[str]]] = {
     # duplicates re-reads cached verification scores; searcher/verify.py still imports cv2 at the top
     # (so cv2 and Pillow are not asserted absent here).
     "duplicates": (["duplicates"], RUNTIMES | {"pillow_heif"}, {"faiss"}),
-    # an indexed probe reuses its stored vector: no network, no model. By default the first results are
-    # verified on the pixels when the two best cosines are within 0.02 (README "Retrieval quality"), which
-    # loads cv2; with verification off nothing decodes pictures
+    # an indexed probe reuses its stored vector: no network, no model. By default the first 10 results are
+    # verified on the pixels (README "Retrieval quality"), which loads cv2; with verification off nothing
+    # decodes pictures
     "query-indexed": (["query", "{probe}"], RUNTIMES | {"pillow_heif"}, {"faiss"}),
     "query-indexed-unverified": (["query", "{probe}", "--verify", "0"], RUNTIMES | {"pillow_heif", "cv2"}, {"faiss"}),
 }

@@ -250,15 +250,19 @@ def test_verify_reranks_the_first_results_by_pixel_verification(holidays_subset:
     source = holidays_subset["folder"] / "100000.jpg"  # its group holds other shots of the same scene
     probe = tmp_path / "copy.jpg"
     apply_edit(Image.open(source).convert("RGB"), "combo_web", np.random.default_rng(3)).save(probe, quality=80)
+    from searcher.duplicates import thresholds_for
+
     with Library.open(holidays_subset["library"]) as lib:
         result = lib.query([probe], k=6, verify=4)[0]
+        copy_at = thresholds_for(lib.find_model()).verified
     head, tail = result.results[:4], result.results[4:]
     assert [h.rank for h in result.results] == list(range(1, 7))
     assert Path(head[0].path).name == "100000.jpg"
     # measured: the copy's cosine to another shot of the scene (100002, 0.645) beats its source's (0.615);
     # verification scores the source 0.46 and every other shot 0
     assert head[0].verified > 0.3 > max(h.verified for h in head[1:])  # other shots are not this picture
-    assert [h.verified for h in head] == sorted((h.verified for h in head), reverse=True)
+    scores, inliers = [h.verified for h in head], [h.inliers or 0 for h in head]
+    assert rerank.verified_head([h.score for h in head], scores, inliers, copy_at) == [0, 1, 2, 3]  # in its order
     assert all(h.verified is None for h in tail)
     cmd = [sys.executable, "-m", "searcher", "query", str(probe), "-k", "3", "--verify", "2", "--json",
            "--library", str(holidays_subset["library"])]  # fmt: skip
@@ -278,21 +282,90 @@ def test_needs_verification_when_the_first_scores_are_close() -> None:
     assert not rerank.needs_verification([], top=10, gap=float("inf"))
 
 
-def test_default_query_verifies_only_when_the_preset_says(holidays_subset: dict, tmp_path: Path) -> None:
+def test_default_query_verifies_as_the_preset_says(holidays_subset: dict, tmp_path: Path) -> None:
     from dataclasses import replace
 
     source = holidays_subset["folder"] / "100000.jpg"
     probe = tmp_path / "copy.jpg"
     apply_edit(Image.open(source).convert("RGB"), "combo_social", np.random.default_rng(0)).save(probe, quality=90)
     rerank.PRESETS["_always"] = replace(rerank.DEFAULTS, name="_always", verify_top=3, verify_gap=float("inf"))
+    rerank.PRESETS["_gap"] = replace(rerank.DEFAULTS, name="_gap", verify_top=3, verify_gap=0.01)
     try:
         with Library.open(holidays_subset["library"]) as lib:
             always = lib.query([probe], k=5, preset="_always")[0]
+            gap = lib.query([probe], k=5, preset="_gap")[0]
             never = lib.query([probe], k=5, verify=0)[0]
             default = lib.query([probe], k=5)[0]
     finally:
         rerank.PRESETS.pop("_always")
+        rerank.PRESETS.pop("_gap")
     assert [h.verified is not None for h in always.results] == [True] * 3 + [False] * 2
     assert all(h.verified is None for h in never.results)
-    close = rerank.needs_verification([h.score for h in never.results], 10, rerank.DEFAULTS.verify_gap)
-    assert any(h.verified is not None for h in default.results) == close
+    close = rerank.needs_verification([h.score for h in never.results], 3, 0.01)
+    assert any(h.verified is not None for h in gap.results) == close
+    assert rerank.DEFAULTS.verify_gap == float("inf")  # the default verifies every query's first 10
+    assert all(h.verified is not None for h in default.results)
+
+
+def test_verified_head_puts_copies_first_then_what_a_homography_ties_then_the_rest() -> None:
+    n = rerank.SPATIAL_INLIERS
+    cos = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    verified = [0.1, 0.0, 0.8, 0.3, 0.9, 0.0]
+    inliers = [3, n + 40, 0, n, 0, n + 40]
+    # copies (>= 0.67) by score; then >= n inliers, most first (ties: CNN order); then by score
+    assert rerank.verified_head(cos, verified, inliers, copy_at=0.67) == [4, 2, 1, 5, 3, 0]
+    # without inliers or a copy bar: best verified score first, ties in CNN order (the order before)
+    assert rerank.verified_head(cos, verified) == [4, 2, 3, 0, 1, 5]
+    assert rerank.verified_head(cos, [0.0] * 6, [0] * 6, copy_at=0.67) == list(range(6))
+
+
+def test_default_query_finds_the_source_of_a_photo_of_a_print(holidays_subset: dict, tmp_path: Path) -> None:
+    """The copy score refuses a photo of a print (a homography, not a similarity), so it used to be left
+    in CNN order; the default query now puts the result a homography ties to the probe first."""
+    source = holidays_subset["folder"] / "100400.jpg"
+    probe = tmp_path / "print.jpg"
+    apply_edit(Image.open(source).convert("RGB"), "combo_photo_of_print", np.random.default_rng(0), "report").save(
+        probe, quality=90
+    )
+    with Library.open(holidays_subset["library"]) as lib:
+        default = lib.query([probe], k=10)[0]
+        plain = lib.query([probe], k=10, verify=0)[0]
+    first = default.results[0]
+    assert Path(first.path).name == "100400.jpg"
+    assert first.inliers is not None and first.inliers >= rerank.SPATIAL_INLIERS
+    assert all(h.verified is not None for h in default.results)  # every query verifies its first 10
+    others = [h for h in default.results[1:] if h.inliers is not None]
+    assert others and max(h.inliers for h in others) < first.inliers
+    assert {h.path for h in default.results} == {h.path for h in plain.results}  # re-ordered, not replaced
+    assert default.as_dict()["results"][0]["inliers"] == first.inliers
+
+
+def _longest_run_by_loop(row: np.ndarray, gap: int) -> int:
+    best, start, last = 0, None, None
+    for i in np.flatnonzero(row):
+        if start is None or i - last > gap + 1:
+            start = i
+        last = i
+        best = max(best, last + 1 - start)
+    return int(best)
+
+
+def test_picture_box_runs_equal_a_plain_loop() -> None:
+    """The screenshot detector's vectorised run lengths (per row, gaps bridged) equal the obvious loop."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        arrays(bool, st.tuples(st.integers(1, 12), st.integers(1, 40))),
+        st.integers(0, 4),
+    )
+    def check(mask: np.ndarray, gap: int) -> None:
+        expected = [_longest_run_by_loop(row, gap) for row in mask]
+        assert rerank._longest_runs(mask, gap).tolist() == expected
+        for row, want in zip(mask, expected, strict=True):
+            start, end = rerank._longest_run(row, gap)
+            assert end - start == want and (want == 0 or (row[start] and row[end - 1]))
+
+    check()

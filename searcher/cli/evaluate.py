@@ -102,7 +102,10 @@ def eval_command(
     ] = None,
     verify: Annotated[
         int,
-        typer.Option(help="With --near-duplicates: re-rank the first N results by pixel verification (0 = off)."),
+        typer.Option(
+            help="Re-rank the first N results of each query by pixel verification, as `searcher query` does "
+            "with its first 10 (copies first, then what a homography ties to the probe; 0 = off)."
+        ),
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the sample and the edits.")] = 0,
     keep_copies: Annotated[
@@ -187,7 +190,7 @@ def eval_command(
             return
         gt_path = groundtruth or _find_groundtruth(folder_path)
         gt = GroundTruth.load(gt_path, protocol)
-        result = evaluate_folder(lib, folder_path, gt, opts, ks=ks, **common)
+        result = evaluate_folder(lib, folder_path, gt, opts, ks=ks, verify_top=verify, **common)
     if json_output:
         print_json(result.as_dict(per_query))
         return
