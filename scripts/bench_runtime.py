@@ -21,7 +21,8 @@ RUNTIMES = ("tensorflow", "onnxruntime")
 
 def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary) -> dict[str, Any]:
     """p50/p99 of POST /query with a new photo, after one warm-up request: the default (four
-    rotated views) and, under ``upright``, ``?invariant=none`` (one view) on the same server."""
+    rotated views, the first 10 verified) and, under ``upright``, ``?invariant=none`` (one view),
+    under ``unverified``, ``?verify=0``, on the same server."""
     from searcher.serve import make_server
 
     server = make_server(lib_dir, "127.0.0.1", 0)
@@ -46,6 +47,8 @@ def server_new_probe(lib_dir: Path, probe: Path, requests: int, latency_summary)
         upright = "/query?k=10&invariant=none"
         call(upright)
         out["upright"] = latency_summary([call(upright) for _ in range(requests)])
+        unverified = "/query?k=10&verify=0"  # the default verifies the first 10 on the pixels
+        out["unverified"] = latency_summary([call(unverified) for _ in range(requests)])
         conn.close()
     finally:
         server.shutdown()

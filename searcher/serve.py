@@ -145,7 +145,9 @@ class SearchService:
     def info(self) -> dict[str, Any]:
         return self.lib.info()
 
-    def query_path(self, path: str, k: int, threshold: float | None, preset: str | None = None) -> dict[str, Any]:
+    def query_path(
+        self, path: str, k: int, threshold: float | None, preset: str | None = None, verify: int | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         self._refresh()
         full = absolute(path)
@@ -154,7 +156,7 @@ class SearchService:
         if row is None or row.status != STATUS_OK:
             raise RequestError(HTTPStatus.NOT_FOUND, f"not an indexed image: {full} (POST the image to /query instead)")
         [result] = self.lib.query(
-            [full], k=k, backbone=self.model.backbone, pooling=self.model.pooling, preset=preset
+            [full], k=k, backbone=self.model.backbone, pooling=self.model.pooling, preset=preset, verify=verify
         )
         if result.error:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{full}: {result.error}")
@@ -168,10 +170,12 @@ class SearchService:
         threshold: float | None,
         preset: str | None = None,
         invariant: str | None = None,
+        verify: int | None = None,
     ) -> dict[str, Any]:
         """Neighbours of an uploaded photo. ``invariant``: as ``searcher query --invariant`` (default:
         the preset's; ``"none"`` embeds the upright view only, about 4x less model time than the
-        four rotations, but a turned copy is then missed)."""
+        four rotations, but a turned copy is then missed). ``verify``: as ``searcher query --verify``
+        (default: the preset's, the first 10; ``0`` answers ~0.15 s sooner, in CNN order)."""
         started = time.perf_counter()
         if not data:
             raise RequestError(HTTPStatus.BAD_REQUEST, "empty image")
@@ -185,7 +189,7 @@ class SearchService:
             handle.flush()
             [result] = self.lib.query(
                 [handle.name], k=k, backbone=self.model.backbone, pooling=self.model.pooling, preset=preset,
-                invariant=invariant,
+                invariant=invariant, verify=verify,
             )  # fmt: skip
         if result.error:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"cannot decode the image: {result.error}")
@@ -208,7 +212,9 @@ class SearchService:
             "threshold": threshold,
             "results": [
                 {"rank": h.rank, "path": h.path, "score": round(h.score, 6), "width": h.width, "height": h.height,
-                 "size": sizes.get(h.path)}
+                 "size": sizes.get(h.path),
+                 **({} if h.verified is None else {"verified": round(h.verified, 4)}),
+                 **({} if h.inliers is None else {"inliers": h.inliers})}
                 for h in hits
             ],
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -227,6 +233,15 @@ def _invariant(query: dict[str, list[str]]) -> str | None:
     if invariant not in (None, "none", "rotations", "all"):
         raise RequestError(HTTPStatus.BAD_REQUEST, "invariant is 'none', 'rotations' or 'all'")
     return invariant
+
+
+def _verify(query: dict[str, list[str]]) -> int | None:
+    raw = query.get("verify", [""])[0]
+    if raw in ("", None):
+        return None
+    if not raw.isdigit() or int(raw) > MAX_K:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"verify is a number of results from 0 to {MAX_K}")
+    return int(raw)
 
 
 def _params(query: dict[str, list[str]]) -> tuple[int, float | None]:
@@ -338,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
                 path = query.get("path", [""])[0]
                 if not path:
                     raise RequestError(HTTPStatus.BAD_REQUEST, "GET /query needs ?path=<indexed image path>")
-                return service.query_path(path, k, threshold, _preset(query))
+                return service.query_path(path, k, threshold, _preset(query), _verify(query))
 
             self._run(answer)
         else:
@@ -371,11 +386,13 @@ class _Handler(BaseHTTPRequestHandler):
             name = "upload"
             if ctype.lower().startswith("multipart/"):
                 body, name, fields = _multipart_image(ctype, body)
-                for key in ("k", "threshold", "invariant"):
+                for key in ("k", "threshold", "invariant", "verify"):
                     if key in fields and key not in query:
                         query[key] = [fields[key]]
             k, threshold = _params(query)
-            return self.server.service.query_image(body, name, k, threshold, _preset(query), _invariant(query))
+            return self.server.service.query_image(
+                body, name, k, threshold, _preset(query), _invariant(query), _verify(query)
+            )
 
         self._run(answer)
 

@@ -225,3 +225,28 @@ def test_cli_serve_subprocess(library: tuple[Path, Path]) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_post_query_verifies_the_first_results_unless_told_not_to(
+    server: SearchServer, library: tuple[Path, Path]
+) -> None:
+    """As `searcher query`: the answer carries each verified result's score (1 = the same picture) and,
+    for those that are not copies, the homography inliers; ?verify=0 answers in CNN order, unverified."""
+    _, photos = library
+    copy = jpeg_bytes(Image.open(photos / "p2.jpg").resize((240, 180)), quality=75)
+    headers = {"Content-Type": "image/jpeg"}
+    status, answer = request(server, "POST", "/query?k=5", copy, headers)
+    assert status == 200, answer
+    first = answer["results"][0]
+    assert Path(first["path"]).name == "p2.jpg" and first["verified"] > 0.9 and "inliers" not in first
+    assert all("verified" in r for r in answer["results"])
+    assert all("inliers" in r for r in answer["results"][1:])  # not copies: their geometric evidence
+    status, plain = request(server, "POST", "/query?k=5&verify=0", copy, headers)
+    assert status == 200 and not any("verified" in r for r in plain["results"])
+    assert {r["path"] for r in plain["results"]} == {r["path"] for r in answer["results"]}
+    status, bad = request(server, "POST", "/query?verify=lots", copy, headers)
+    assert status == 400 and "verify" in bad["error"]
+    from urllib.parse import quote
+
+    status, by_path = request(server, "GET", f"/query?k=3&verify=0&path={quote(str(photos / 'p2.jpg'))}")
+    assert status == 200 and not any("verified" in r for r in by_path["results"])
