@@ -465,7 +465,10 @@ def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: Retrie
             from searcher.regions import region_vectors
 
             pixels, _ = load_for_model(p, embedder.input_size)
-            have["regions"] = region_vectors(embedder.feature_maps(pixels[None]))[0]
+            inner = rerank.inner_picture(pixels)[0] if options.trim and len(kinds) > 1 else None
+            views = pixels[None] if inner is None else np.stack([pixels, inner])  # as Library.query
+            found = region_vectors(embedder.feature_maps(views))
+            have["regions"] = found.reshape(-1, found.shape[-1])
         if todo:
             if options.stored_vectors:
                 pixels, _ = load_for_model(p, embedder.input_size)

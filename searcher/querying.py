@@ -157,8 +157,11 @@ def query(
                 start = 0
                 for d, vs in zip(good, views, strict=True):
                     vectors[d.item] = out[start : start + len(vs)]
-                    if regional:
-                        probe_regions[d.item] = regions.region_vectors(maps[start : start + 1])[0]
+                    if regional:  # the probe's regions, and those of the picture inside its frame if any
+                        inside = [start + len(kinds_new)] if len(vs) > len(kinds_new) else []
+                        probe_regions[d.item] = regions.region_vectors(maps[[start, *inside]]).reshape(
+                            -1, maps.shape[-1]
+                        )
                     start += len(vs)
                     embedded.add(d.item)
     ok = [p for p in probe_paths if p in vectors]

@@ -129,3 +129,35 @@ def test_default_query_finds_the_source_of_a_screenshot_a_plain_query_misses(
     names = [Path(h.path).name for h in plain.results]
     assert names[:1] != ["100000.jpg"], names  # the whole screenshot alone does not find it first
     assert all(h.verified is None for h in plain.results)
+
+
+def test_a_framed_probe_also_searches_the_regions_of_the_picture_inside(holidays_subset: dict, tmp_path: Path) -> None:
+    """A screenshot's stickers or captions can cover the subject; the regions of the picture found
+    inside the frame (13 more windows, from the same forward pass) search the library too."""
+    from searcher.decode import load_for_model
+    from searcher.edits import apply_edit
+
+    source = Image.open(holidays_subset["folder"] / "100000.jpg").convert("RGB")
+    shot, plain = tmp_path / "shot.jpg", tmp_path / "plain.jpg"
+    apply_edit(source, "screenshot", np.random.default_rng(1)).save(shot, quality=90)
+    other = Image.open(holidays_subset["folder"] / "100400.jpg").convert("RGB")  # no frame found in it
+    apply_edit(other, "jpeg", np.random.default_rng(1)).save(plain, quality=90)
+    seen: dict[str, np.ndarray] = {}
+    with Library.open(holidays_subset["library"]) as lib:
+        real = lib.search_probes
+
+        def recording(vectors, k, **kw):
+            seen[str(len(seen))] = kw["probe_regions"][0]
+            return real(vectors, k, **kw)
+
+        lib.search_probes = recording  # type: ignore[method-assign]
+        lib.query([shot], k=5, verify=0)
+        lib.query([plain], k=5, verify=0)
+        embedder = lib.embedder_for(lib.find_model())
+        pixels, _ = load_for_model(str(shot), embedder.input_size)
+    inner, framed = rerank.inner_picture(pixels)
+    assert inner is not None and not framed  # found as a screenshot's picture
+    expected = regions.region_vectors(embedder.feature_maps(np.stack([pixels, inner])))
+    per_view = expected.shape[1]  # 13 windows of a 7 x 7 map
+    assert seen["0"].shape[0] == 2 * per_view and seen["1"].shape[0] == per_view
+    np.testing.assert_allclose(seen["0"], expected.reshape(-1, expected.shape[-1]), atol=1e-4)
