@@ -696,24 +696,37 @@ def _cached(cache: FeatureCache, path: str) -> Features | None:
 
 
 def verified_evidence(
-    probe: str, candidates: Sequence[str], cache: FeatureCache, copy_at: float = 1.0, min_matches: int = MIN_INLIERS
+    probe: str,
+    candidates: Sequence[str],
+    cache: FeatureCache,
+    copy_at: float = 1.0,
+    min_matches: int = MIN_INLIERS,
+    workers: int | None = None,
 ) -> list[tuple[float, int]]:
     """(verified score, :func:`geometric_inliers`) of each candidate file against ``probe``; the
     inliers are counted only where the score is under ``copy_at`` (a copy needs no more evidence,
     and a pair settled as it lies has no local features to count with) and there are at least
-    ``min_matches`` matches. ``(0.0, 0)`` where either file cannot be read."""
+    ``min_matches`` matches. ``(0.0, 0)`` where either file cannot be read. ``workers``: threads
+    (default: one per core, at most 8)."""
     mine = _cached(cache, probe)
     if mine is None:
         return [(0.0, 0)] * len(candidates)
-    out = []
-    for path in candidates:
+
+    def evidence(path: str) -> tuple[float, int]:
         theirs = _cached(cache, path)
         if theirs is None:
-            out.append((0.0, 0))
-            continue
+            return (0.0, 0)
         score = verify_symmetric(mine, theirs).score
-        out.append((score, geometric_inliers(mine, theirs, min_matches) if score < copy_at else 0))
-    return out
+        return (score, geometric_inliers(mine, theirs, min_matches) if score < copy_at else 0)
+
+    workers = min(len(candidates), workers or os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [evidence(path) for path in candidates]
+    # decoding, SIFT and the matrix products release the GIL: the results are verified on every core
+    from concurrent.futures import ThreadPoolExecutor
+
+    with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(evidence, candidates))
 
 
 def verified_scores(probe: str, candidates: Sequence[str], cache: FeatureCache) -> list[float]:

@@ -285,3 +285,22 @@ def test_a_homography_ties_a_photo_of_a_print_to_its_source_and_nothing_else(hol
                 assert verify.geometric_inliers(fb, fa) >= SPATIAL_INLIERS, (name, kind, seed)
         assert refused >= 5
         assert all(verify.geometric_inliers(fa, other) < SPATIAL_INLIERS for other in unrelated)
+
+
+def test_evidence_verified_on_threads_equals_one_thread(holidays, tmp_path) -> None:
+    """The default query verifies its results on one thread per core: same scores and inliers as one
+    thread, in the candidates' order, including a copy, a photo of a print, other shots and a broken file."""
+    src = Image.open(holidays / "100400.jpg").convert("RGB")
+    probe = tmp_path / "print.jpg"
+    apply_edit(src, "combo_photo_of_print", np.random.default_rng(0), "report").save(probe, quality=90)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    copy = tmp_path / "copy.jpg"
+    src.resize((300, 225)).save(copy, quality=70)
+    names = ["100400", "100401", "102001", "108802", "114402", "120000"]
+    candidates = [str(copy), *(str(holidays / f"{n}.jpg") for n in names), str(broken)]
+    one = verify.verified_evidence(str(probe), candidates, verify.FeatureCache(), 0.6718, 20, workers=1)
+    many = verify.verified_evidence(str(probe), candidates, verify.FeatureCache(), 0.6718, 20, workers=4)
+    assert one == many
+    assert one[-1] == (0.0, 0)  # the broken file
+    assert one[1][1] >= 20 and all(n < 20 for _, n in one[3:7])  # the print's source; unrelated photos
