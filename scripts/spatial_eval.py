@@ -69,12 +69,7 @@ def order(rec: dict, rule: str, gap: float, bar: int, copy_at: float) -> list[in
     if rule == "score":
         head = rerank.verified_head(rec["cos"], rec["ver"])
     else:
-        saved = rerank.SPATIAL_INLIERS
-        rerank.SPATIAL_INLIERS = bar
-        try:
-            head = rerank.verified_head(rec["cos"], rec["ver"], rec["geo"], copy_at)
-        finally:
-            rerank.SPATIAL_INLIERS = saved
+        head = rerank.verified_head(rec["cos"], rec["ver"], rec["geo"], copy_at, min_inliers=bar)
     return head + list(range(len(head), n))
 
 

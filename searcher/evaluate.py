@@ -530,7 +530,9 @@ def evaluate_folder(
     ``groundtruth`` against every other image of the folder and score the rankings.
 
     ``verify_top``, ``verify_gap``: re-rank the first results by pixel verification as the default
-    query does (:func:`searcher.rerank.needs_verification`, :func:`searcher.rerank.verified_head`)."""
+    query does (:func:`searcher.rerank.needs_verification`, :func:`searcher.rerank.verify_and_order`)."""
+    from searcher.rerank import needs_verification
+
     options = options or RetrievalOptions()
     seconds: dict[str, float] = {}
     root, model, ids, paths, vectors = _prepare(
@@ -562,8 +564,6 @@ def evaluate_folder(
     started = time.monotonic()
     rankings: dict[str, np.ndarray] = {}
     positives: dict[str, set[int]] = {}
-    from searcher.rerank import needs_verification
-
     verifier = None
     if verify_top:
         from searcher.duplicates import thresholds_for
@@ -795,12 +795,9 @@ class _Verifier:
         self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int
     ) -> tuple[np.ndarray, dict[int, float]]:
         """The new order, and the verified score of each of the first ``top`` ids."""
-        from searcher.rerank import SPATIAL_INLIERS, verified_head
-        from searcher.verify import verified_evidence
+        from searcher.rerank import verify_and_order
 
         head = [int(i) for i in order[:top]]
-        evidence = verified_evidence(probe, [path_of[i] for i in head], self.cache, self.copy_at, SPATIAL_INLIERS)
-        scores = [s for s, _ in evidence]
-        best = verified_head([], scores, [n for _, n in evidence], self.copy_at)
+        best, evidence = verify_and_order(probe, [path_of[i] for i in head], self.cache, self.copy_at)
         new_order = np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)
-        return new_order, dict(zip(head, scores, strict=True))
+        return new_order, {i: score for i, (score, _) in zip(head, evidence, strict=True)}

@@ -34,15 +34,13 @@ def verified_order(probe: str, hits: list[Hit], top: int, cache: FeatureCache, c
     (:func:`searcher.rerank.verified_head`: copies, verified score at least ``copy_at``, first; then
     results a homography ties to the probe) and their ``verified`` score and ``inliers`` set; the
     rest follow unchanged."""
-    from searcher.rerank import SPATIAL_INLIERS, verified_head
-    from searcher.verify import verified_evidence
+    from searcher.rerank import verify_and_order
 
     head, tail = hits[:top], hits[top:]
-    evidence = verified_evidence(probe, [h.path for h in head], cache, copy_at, SPATIAL_INLIERS)
+    order, evidence = verify_and_order(probe, [h.path for h in head], cache, copy_at)
     for hit, (score, inliers) in zip(head, evidence, strict=True):
         hit.verified = score
         hit.inliers = inliers if score < copy_at else None
-    order = verified_head([h.score for h in head], [s for s, _ in evidence], [n for _, n in evidence], copy_at)
     head = [head[j] for j in order]
     for rank, hit in enumerate([*head, *tail], 1):
         hit.rank = rank

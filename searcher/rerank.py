@@ -26,10 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from searcher.verify import FeatureCache
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -358,21 +362,35 @@ def verified_head(
     verified: Sequence[float],
     inliers: Sequence[int] | None = None,
     copy_at: float = 0.0,
+    min_inliers: int = SPATIAL_INLIERS,
 ) -> list[int]:
     """Positions of the verified head in their new order: copies first (a verified score of at
     least ``copy_at``: the duplicates threshold), best first; then what a homography ties to the
-    probe (at least :data:`SPATIAL_INLIERS` inliers: a photo of a print, another shot of the same
-    facade), most inliers first; then the rest by verified score. Ties (e.g. every result 0:
-    nothing is a copy) keep the CNN order. With only ``verified``: best verified score first."""
+    probe (at least ``min_inliers`` inliers: a photo of a print, another shot of the same facade),
+    most inliers first; then the rest by verified score. Ties (e.g. every result 0: nothing is a
+    copy) keep the CNN order. With only ``verified``: best verified score first."""
     del cosines  # the CNN order is the positions' order
     counts = list(inliers) if inliers is not None else [0] * len(verified)
 
     def key(j: int) -> tuple[float, int, float, int]:
         copy = verified[j] if verified[j] >= copy_at else 0.0
-        spatial = counts[j] if counts[j] >= SPATIAL_INLIERS else 0
+        spatial = counts[j] if counts[j] >= min_inliers else 0
         return (-copy, -spatial, -verified[j], j)
 
     return sorted(range(len(verified)), key=key)
+
+
+def verify_and_order(
+    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float
+) -> tuple[list[int], list[tuple[float, int]]]:
+    """Verify ``paths`` (the first results, in CNN order) against ``probe`` and order them as the
+    default query does (:func:`verified_head`): the new order of their positions, and each one's
+    (verified score, homography inliers: :func:`searcher.verify.verified_evidence`)."""
+    from searcher.verify import verified_evidence
+
+    evidence = verified_evidence(probe, paths, cache, copy_at, SPATIAL_INLIERS)
+    order = verified_head([], [s for s, _ in evidence], [n for _, n in evidence], copy_at)
+    return order, evidence
 
 
 def needs_verification(cosines: Sequence[float], top: int, gap: float) -> bool:
