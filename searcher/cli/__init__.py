@@ -22,7 +22,7 @@ def main() -> None:
     try:
         _load_app()()
     except KeyboardInterrupt:  # Ctrl-C while importing or parsing, before a command runs: nothing written
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write("interrupted before the command ran; nothing was written: run the same command again\n")
         raise SystemExit(130) from None
 
 

@@ -121,6 +121,11 @@ def index(
         err_console.print(f"[yellow]{escape(str(exc))}[/]")
         _print_index_report(report, json_output)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:  # before the first batch (scanning, model loading) or during the final save
+        err_console.print(
+            "[yellow]interrupted: everything committed so far is kept; run the same command again to finish[/]"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         lib.close()
     _print_index_report(report, json_output)
