@@ -57,6 +57,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--groundtruth", default=None)
     ap.add_argument("--timed", type=int, default=20, help="copies timed through Library.query per setting")
+    ap.add_argument("--settings", default="before,regions,default", help="which settings to run (comma-separated)")
+    ap.add_argument(
+        "--product", default="", help="also measure recall through Library.query itself, with these numbers of "
+        "thumbnail candidates (comma-separated, e.g. 0,5: searcher.querying.THUMBNAIL_EXTRAS)",
+    )  # fmt: skip
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -66,6 +71,7 @@ def main() -> None:
         "regions": (preset, 0, float("inf")),
         "default": (preset, preset.verify_top, preset.verify_gap),
     }
+    settings = {name: settings[name] for name in args.settings.split(",") if name}
     lib_dir = Path(tempfile.gettempdir()) / f"searcher-tune-{Path(args.folder).resolve().parent.name}"
     out: dict = {"folder": str(Path(args.folder).resolve()), "split": args.split, "sources": args.sources,
                  "preset": {"verify_top": preset.verify_top, "verify_gap": str(preset.verify_gap),
@@ -84,6 +90,7 @@ def main() -> None:
                 "copies": nd.copies,
                 "worst": min((v["recall@1"], k) for k, v in nd.per_kind.items()),
                 "per_kind": {k: v["recall@1"] for k, v in nd.per_kind.items()},
+                "misses": nd.misses,
                 "verified_share": nd.verified_share,
                 "seconds_near_duplicates": round(time.monotonic() - t, 1),
             }
@@ -124,11 +131,58 @@ def main() -> None:
                 out["settings"][name]["timed_verified"] = verified
                 print(name, "ms/query p50", round(float(np.median(ms)), 1), "mean", round(float(np.mean(ms)), 1))
             rerank.PRESETS.pop("_timed", None)
+        for extras in [int(x) for x in args.product.split(",") if x.strip()]:
+            row = product_recall(lib, args, extras)
+            out["settings"][f"query_thumbnails_{extras}"] = row
+            print(f"Library.query, {extras} thumbnails:", row["recall@1"], row["worst"], row["ms_per_query_p50"])
     out["loadavg"] = open("/proc/loadavg").read().split()[:3]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: {kk: v[kk] for kk in v if kk != "per_kind"} for k, v in out["settings"].items()}, indent=1))
+    brief = {k: {kk: v[kk] for kk in v if kk not in ("per_kind", "misses")} for k, v in out["settings"].items()}
+    print(json.dumps(brief, indent=1))
     print("load", os.getloadavg())
+
+
+def product_recall(lib: Library, args: argparse.Namespace, extras: int) -> dict:
+    """Recall of the source through ``Library.query`` itself (k=10, default settings, a new probe each
+    time: the copies are not indexed), on the same copies as :func:`near_duplicate_benchmark` makes."""
+    from searcher import querying
+
+    lib.index([args.folder])  # up to date, thumbnails included (a library indexed before them gets them now)
+    model = lib.find_model()
+    _, paths, _ = folder_vectors(lib, model, str(Path(args.folder).resolve()))
+    chosen = sample_sources(paths, args.sources, args.seed)
+    ranks: dict[str, list[int]] = {}
+    misses, ms = [], []
+    querying.THUMBNAIL_EXTRAS = extras
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = make_benchmark(chosen, tmp, KIND_SETS["wide"], seed=args.seed, split=args.split)
+            for m in manifest:
+                t = time.perf_counter()
+                (result,) = lib.query([m["copy"]], k=10)
+                ms.append(1000 * (time.perf_counter() - t))
+                found = [h.rank for h in result.results if h.path == m["source"]]
+                rank = found[0] if found else 11
+                ranks.setdefault(m["kind"], []).append(rank)
+                if rank != 1:
+                    top = result.results[0] if result.results else None
+                    misses.append({
+                        "source": m["source"], "kind": m["kind"], "rank": found[0] if found else None,
+                        "top": top.path if top else None, "top_verified": top.verified if top else None,
+                    })  # fmt: skip
+    finally:
+        querying.THUMBNAIL_EXTRAS = 5
+    every = [r for v in ranks.values() for r in v]
+    per_kind = {k: round(float(np.mean(np.asarray(v) == 1)), 4) for k, v in ranks.items()}
+    return {
+        "path": "Library.query (what `searcher query` runs)", "thumbnail_candidates": extras,
+        "copies": len(every), "recall@1": round(float(np.mean(np.asarray(every) == 1)), 6),
+        "recall@10": round(float(np.mean(np.asarray(every) <= 10)), 6),
+        "worst": min((v, k) for k, v in per_kind.items()), "per_kind": per_kind, "misses": misses,
+        "ms_per_query_p50": round(float(np.median(ms)), 1), "ms_per_query_mean": round(float(np.mean(ms)), 1),
+        "note": "features of the results kept between queries (one open library, as searcher serve)",
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

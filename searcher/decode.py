@@ -62,6 +62,7 @@ class DecodedImage:
     width: int  # of the original, after EXIF orientation
     height: int
     format: str
+    thumb: bytes | None = None  # the stored thumbnail (searcher.thumbnails), filled by the indexing workers
 
 
 def max_pixels_from_env() -> int:

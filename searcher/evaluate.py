@@ -740,8 +740,11 @@ def near_duplicate_benchmark(
             rank = int(where[0]) if len(where) else 10
             hits[entry["kind"]].append(rank)
             if rank:
+                deep = ranker.rank(variants, k=100, probe_regions=own).ids if rank >= 10 else order
+                where = np.flatnonzero(deep == id_of[entry["source"]])
                 misses.append({
                     "source": entry["source"], "kind": entry["kind"], "rank": rank + 1 if rank < 10 else None,
+                    "rank_in_100": int(where[0]) + 1 if len(where) else None,  # in the CNN order (before verifying)
                     "top": path_of[int(order[0])],
                     "top_score": round(float(ranked.scores[list(ranked.ids).index(order[0])]), 4),
                 })  # fmt: skip

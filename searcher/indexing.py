@@ -26,7 +26,7 @@ from searcher.embed import model_identity
 from searcher.files import FileEntry, absolute, content_hash, discover, looks_like_image, read_error
 from searcher.pipeline import Batch, default_workers, prefetch_batches
 from searcher.reports import IndexInterrupted, IndexReport, LibraryError, Progress
-from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, ModelRow
+from searcher.store import STATUS_FAILED, STATUS_OK, EmbeddingRow, ImageRow, ModelRow, ThumbnailRow
 from searcher.vector_index import INDEX_TYPES, VectorIndex, choose_kind
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ def index_files(
                     lib, plan.to_embed, model, index, report, batch_size, workers, max_pixels, progress, engine
                 )
             _add_late_copies(lib, plan, model, index, report)
+            _backfill_thumbnails(lib, root_paths, workers, max_pixels, progress, report)
             _apply_index_type(lib, model, index, index_type, progress)
         except KeyboardInterrupt:
             report.interrupted = True
@@ -298,6 +299,7 @@ def _apply_plan_removals(lib: Library, plan: _Plan, model: ModelRow, index: Vect
         for start in range(0, len(plan.delete_ids), 500):
             part = plan.delete_ids[start : start + 500]
             session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id.in_(part)))
+            session.execute(delete(ThumbnailRow).where(ThumbnailRow.image_id.in_(part)))
             session.execute(delete(ImageRow).where(ImageRow.id.in_(part)))
         session.flush()
         for image_id, entry in plan.moves + plan.touch:
@@ -336,6 +338,9 @@ def _copy_row(lib: Library, session: Session, twin_id: int, entry: FileEntry, di
     session.flush()
     for emb in session.execute(select(EmbeddingRow).where(EmbeddingRow.image_id == twin_id)).scalars():
         session.add(EmbeddingRow(image_id=row.id, model_id=emb.model_id, vector=emb.vector))
+    thumb = session.get(ThumbnailRow, twin_id)
+    if thumb is not None:
+        session.add(ThumbnailRow(image_id=row.id, thumb=thumb.thumb))
     return row.id
 
 
@@ -367,6 +372,54 @@ def _add_late_copies(lib: Library, plan: _Plan, model: ModelRow, index: VectorIn
         )
 
 
+def _backfill_thumbnails(
+    lib: Library,
+    roots: Sequence[Path],
+    workers: int | None,
+    max_pixels: int | None,
+    progress: Progress,
+    report: IndexReport,
+) -> None:
+    """Store the thumbnails (:mod:`searcher.thumbnails`) of readable images under ``roots`` that have
+    none: those indexed before thumbnails were stored. Each is decoded once (no network), committed
+    every 256 images, so an interrupted run keeps what it did and the next one finishes."""
+    from searcher.pipeline import decode_stream
+
+    with lib.sessions() as session:
+        have = set(session.execute(select(ThumbnailRow.image_id)).scalars())
+        todo = [(r.id, r.path) for r in store.rows_under(session, roots) if r.status == STATUS_OK and r.id not in have]
+    if not todo:
+        return
+    progress.begin("Thumbnails", len(todo))
+    pending: list[ThumbnailRow] = []
+
+    def flush() -> None:
+        with lib.sessions() as session, session.begin():
+            for row in pending:
+                session.merge(row)
+        report.thumbnails += len(pending)
+        pending.clear()
+
+    stream = decode_stream(
+        todo, lambda t: t[1], THUMBNAIL_DECODE_SIZE, workers=workers or default_workers(), max_pixels=max_pixels
+    )
+    try:
+        for d in stream:
+            if d.info is not None and d.info.thumb is not None:
+                pending.append(ThumbnailRow(image_id=d.item[0], thumb=d.info.thumb))
+            if len(pending) >= 256:
+                flush()
+            progress.advance()
+    finally:
+        stream.close()
+        if pending:
+            flush()
+    progress.end()
+
+
+THUMBNAIL_DECODE_SIZE = (224, 224)  # as the default backbone's workers decode (JPEG draft scale >= 224 px)
+
+
 def _record_failure(lib: Library, session: Session, path: str, reason: str, digest: str | None = None) -> None:
     """Mark ``path`` as failed with ``reason`` (its vectors, if any, are dropped)."""
     try:
@@ -380,6 +433,7 @@ def _record_failure(lib: Library, session: Session, path: str, reason: str, dige
     row = session.execute(select(ImageRow).where(ImageRow.path == path)).scalar_one_or_none()
     if row is not None and row.status == STATUS_OK:  # was fine, now unreadable: its vectors go
         session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
+        session.execute(delete(ThumbnailRow).where(ThumbnailRow.image_id == row.id))
         for m in session.execute(select(ModelRow)).scalars():
             m.revision += 1
     if row is None:
@@ -426,6 +480,8 @@ def _embed_and_store(
                     session.flush()
                     image_id = row.id
                 session.add(EmbeddingRow(image_id=image_id, model_id=model.id, vector=store.vector_to_blob(vectors[i])))
+                if info.thumb is not None:  # another model's run may have stored it already
+                    session.merge(ThumbnailRow(image_id=image_id, thumb=info.thumb))
                 added_ids.append(image_id)
             for d in batch.items:
                 if d.error is not None:

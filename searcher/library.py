@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from searcher.embed import Embedder, ModelIdentity
+    from searcher.thumbnails import ThumbnailIndex
     from searcher.vector_index import VectorIndex
     from searcher.verify import FeatureCache
 
@@ -191,6 +192,20 @@ class Library:
 
             self._verify_cache = FeatureCache(capacity=512)
         return self._verify_cache
+
+    def thumbnail_index(self) -> ThumbnailIndex:
+        """The stored thumbnails of every readable image (:mod:`searcher.thumbnails`), read once and
+        kept while the library is open and its thumbnails do not change (count and newest id)."""
+        from searcher.store import ThumbnailRow, thumbnail_rows
+        from searcher.thumbnails import ThumbnailIndex
+
+        with self.sessions() as session:
+            token = tuple(session.execute(select(func.count(), func.max(ThumbnailRow.image_id))).one())
+            held = self.__dict__.get("_thumbnail_index")
+            if held is None or held[0] != token:
+                held = (token, ThumbnailIndex.build(thumbnail_rows(session)))
+                self.__dict__["_thumbnail_index"] = held
+        return held[1]
 
     def embedder_for(self, model: ModelRow, runtime: str | None = None) -> Embedder:
         """A loaded network that produces vectors comparable with ``model``'s (built once, kept).

@@ -34,6 +34,8 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from searcher.decode import DecodedImage, DecodeError, load_for_model
+from searcher.thumbnails import thumbnail_of
+from searcher.thumbnails import to_blob as thumbnail_blob
 
 T = TypeVar("T")
 
@@ -70,6 +72,8 @@ def _decode(path: str, size: tuple[int, int], max_pixels: int | None) -> tuple[n
     """Decode one file (runs in a worker thread or process; must stay picklable)."""
     try:
         pixels, info = load_for_model(path, size, max_pixels=max_pixels)
+        vector = thumbnail_of(info.image)  # the stored thumbnail, from the picture decoded anyway
+        info.thumb = None if vector is None else thumbnail_blob(vector)
         info.image = None  # type: ignore[assignment]  # drop the full picture, keep the facts
         return pixels, info, None
     except DecodeError as exc:

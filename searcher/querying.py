@@ -29,22 +29,73 @@ if TYPE_CHECKING:
 REGIONAL_DEPTH = 100  # results per probe region: ``REGIONAL_DEPTH // 4`` (searcher.regions.regional_scores)
 
 
-def verified_order(probe: str, hits: list[Hit], top: int, cache: FeatureCache, copy_at: float = 1.0) -> list[Hit]:
+THUMBNAIL_EXTRAS = 5  # thumbnail neighbours of a probe verified beside its first results
+
+
+def verified_order(
+    probe: str,
+    hits: list[Hit],
+    top: int,
+    cache: FeatureCache,
+    copy_at: float = 1.0,
+    extra: Sequence[Hit] = (),
+) -> list[Hit]:
     """``hits`` with the first ``top`` re-ranked by pixel verification against ``probe``
     (:func:`searcher.rerank.verified_head`: copies, verified score at least ``copy_at``, first; then
     results a homography ties to the probe) and their ``verified`` score and ``inliers`` set; the
-    rest follow unchanged."""
+    rest follow unchanged. ``extra``: more candidates (thumbnail neighbours the CNN ranked lower,
+    :func:`thumbnail_candidates`), verified with the head and kept only when they are copies, ahead
+    of the rest; the list keeps its length."""
     from searcher.rerank import verify_and_order
 
     head, tail = hits[:top], hits[top:]
-    order, evidence = verify_and_order(probe, [h.path for h in head], cache, copy_at)
-    for hit, (score, inliers) in zip(head, evidence, strict=True):
+    tried = [*head, *extra]
+    order, evidence = verify_and_order(probe, [h.path for h in tried], cache, copy_at)
+    for hit, (score, inliers) in zip(tried, evidence, strict=True):
         hit.verified = score
         hit.inliers = inliers if score < copy_at else None
-    head = [head[j] for j in order]
-    for rank, hit in enumerate([*head, *tail], 1):
+    head = [tried[j] for j in order if j < len(head) or evidence[j][0] >= copy_at]
+    ranked = [*head, *tail][: len(hits)]
+    for rank, hit in enumerate(ranked, 1):
         hit.rank = rank
-    return [*head, *tail]
+    return ranked
+
+
+def thumbnail_candidates(
+    lib: Library,
+    model: ModelRow,
+    probe: str,
+    probe_vector: np.ndarray,
+    hits: Sequence[Hit],
+    cache: FeatureCache,
+    skip: int | None = None,
+    k: int = THUMBNAIL_EXTRAS,
+) -> list[Hit]:
+    """Indexed pictures whose stored thumbnails (:mod:`searcher.thumbnails`) correlate with the
+    probe's at 0.9 or more, with the same shape, that are not among ``hits`` (nor ``skip``): up to
+    ``k``, best first, with their cosine to ``probe_vector`` as the score. A heavy blur or a
+    shaky, watermarked copy is far from its original for the CNN (the original ranks 30-70th in a
+    Holidays-sized library) and next to it for the thumbnails; verification then decides."""
+    from searcher.verify import cached_features
+
+    feats = cached_features(cache, probe)
+    if feats is None or feats.thumb is None:
+        return []
+    index = lib.thumbnail_index()
+    h, w = feats.shape
+    found = index.search(feats.thumb, w / h, k, exclude=[*(x.image_id for x in hits), *([skip] if skip else [])])
+    if not found:
+        return []
+    ids = [i for i, _ in found]
+    rows = lib._rows_by_id(ids)
+    with lib.sessions() as session:
+        stored = store.vectors_for(session, model.id, ids)
+    view = np.atleast_2d(probe_vector)[0]
+    return [
+        Hit(0, rows[i].path, float(view @ stored[i]), rows[i].width, rows[i].height, i)
+        for i in ids
+        if i in rows and i in stored
+    ]
 
 
 def query(
@@ -180,7 +231,9 @@ def query(
             copy_at = thresholds_for(model).verified
             cache = lib.verify_cache()  # queries of one open library share their results' features
             for p in todo_verify:
-                results[p] = verified_order(p, results[p], top, cache, copy_at)
+                skip = None if include_self else self_ids.get(p)
+                extra = thumbnail_candidates(lib, model, p, vectors[p], results[p], cache, skip)
+                results[p] = verified_order(p, results[p], top, cache, copy_at, extra)
     return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
 
 

@@ -40,6 +40,7 @@ class IndexReport:
     failed: int = 0
     embedded: int = 0
     reused: int = 0  # new files whose content was already indexed: vector copied, not computed
+    thumbnails: int = 0  # images indexed before thumbnails were stored that got theirs now
     backbone: str = ""
     model_key: str = ""
     seconds: float = 0.0

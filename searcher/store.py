@@ -119,6 +119,15 @@ class EmbeddingRow(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ThumbnailRow(Base):
+    """The 16 x 16 grey thumbnail of one image (:mod:`searcher.thumbnails`: 256 float16 values), stored
+    at index time: a query finds blurred copies by it, which the CNN puts far from their original."""
+
+    __tablename__ = "thumbnails"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    thumb: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 # --- duplicate decisions (used by searcher.decisions) ---
 
 
@@ -264,6 +273,17 @@ def vectors_for(session: Session, model_id: int, image_ids: Sequence[int]) -> di
         ):
             out[image_id] = blob_to_vector(blob)
     return out
+
+
+def thumbnail_rows(session: Session) -> list[tuple[int, bytes, int | None, int | None]]:
+    """``(image id, thumbnail blob, width, height)`` of every readable image that has a thumbnail
+    (:class:`ThumbnailRow`; images indexed before thumbnails were stored have none)."""
+    stmt = (
+        select(ThumbnailRow.image_id, ThumbnailRow.thumb, ImageRow.width, ImageRow.height)
+        .join(ImageRow, ImageRow.id == ThumbnailRow.image_id)
+        .where(ImageRow.status == STATUS_OK)
+    )
+    return [tuple(r) for r in session.execute(stmt)]  # type: ignore[misc]
 
 
 def bump_revision(session: Session, model_id: int) -> None:

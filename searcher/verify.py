@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from searcher.decode import DecodeError, open_image
+from searcher.thumbnails import THUMB_SIDE, thumbnail_vector
 
 WORK_SIDE = 320  # longest side of the grey working copy
 NFEATURES = 400  # 600 cost a third more time on the 3k library bench for the same recall (calibrated again at 400)
@@ -77,7 +78,7 @@ ALIGNED_ASPECT = 0.02
 # textured cells that comparison needs (a quarter of the grid): a dark or flat picture has a handful,
 # and two shots of one night sky agree on them; such pairs are left to the local features
 ALIGNED_MIN_CELLS = 36
-THUMB_SIDE = 16  # the thumbnail (16 x 16 grey levels, any aspect) that pre-screens pairs and finds blurred copies
+# the thumbnail (16 x 16 grey levels, any aspect: searcher.thumbnails) pre-screens pairs and finds blurred copies
 # thumbnails less alike than this (normalised correlation, also mirrored) are not compared as they lie:
 # copies that pass there agree at 0.9 and more (a blur or a caption hardly changes a 16 x 16 thumbnail)
 ALIGNED_THUMB_MIN = 0.5
@@ -119,10 +120,7 @@ class Features:
         self._mirrored: _Side | None = None
         self._lock = threading.Lock()
         self._cells: dict[int, _Cells | None] = {}
-        t = cv2.resize(self._grey, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
-        t -= t.mean()
-        norm = float(np.linalg.norm(t))
-        self._thumb = None if norm < 1e-3 * t.size else (t / norm).ravel()
+        self._thumb = thumbnail_vector(self._grey)
 
     def cells(self, mirrored: bool) -> _Cells | None:
         """The working copy (mirrored or not) prepared for comparisons as it lies with pictures of its own
@@ -686,7 +684,7 @@ def geometric_inliers(fa: Features, fb: Features, min_matches: int = MIN_INLIERS
     return best
 
 
-def _cached(cache: FeatureCache, path: str) -> Features | None:
+def cached_features(cache: FeatureCache, path: str) -> Features | None:
     """``path``'s features from ``cache``, under a key that changes with the file (size, mtime)."""
     try:
         st = os.stat(path)
@@ -708,12 +706,12 @@ def verified_evidence(
     and a pair settled as it lies has no local features to count with) and there are at least
     ``min_matches`` matches. ``(0.0, 0)`` where either file cannot be read. ``workers``: threads
     (default: one per core, at most 8)."""
-    mine = _cached(cache, probe)
+    mine = cached_features(cache, probe)
     if mine is None:
         return [(0.0, 0)] * len(candidates)
 
     def evidence(path: str) -> tuple[float, int]:
-        theirs = _cached(cache, path)
+        theirs = cached_features(cache, path)
         if theirs is None:
             return (0.0, 0)
         score = verify_symmetric(mine, theirs).score

@@ -128,7 +128,9 @@ def handle_errors(func: F) -> F:
         except (typer.Exit, typer.BadParameter):
             raise  # exit codes, and usage errors (exit 2 with the usage line)
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted: what was committed is kept; run the same command again to finish[/]")
+            err_console.print(
+                "[yellow]interrupted: what was committed is kept; run the same command again to finish[/]"
+            )
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:
             if debug:

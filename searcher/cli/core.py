@@ -147,6 +147,8 @@ def _print_index_report(report, json_output: bool) -> None:  # report: IndexRepo
     console.print(
         f"embedded {report.embedded} images, reused {report.reused} stored vectors, in {report.seconds:.1f} s{speed}"
     )
+    if report.thumbnails:
+        console.print(f"stored the thumbnails of {report.thumbnails} images indexed by an older version")
     if report.failures:
         shown = report.failures[:10]
         for path, reason in shown:
