@@ -69,17 +69,19 @@ def thumbnail_candidates(
     hits: Sequence[Hit],
     cache: FeatureCache,
     skip: int | None = None,
-    k: int = THUMBNAIL_EXTRAS,
+    k: int | None = None,
 ) -> list[Hit]:
     """Indexed pictures whose stored thumbnails (:mod:`searcher.thumbnails`) correlate with the
     probe's at 0.9 or more, with the same shape, that are not among ``hits`` (nor ``skip``): up to
-    ``k``, best first, with their cosine to ``probe_vector`` as the score. A heavy blur or a
-    shaky, watermarked copy is far from its original for the CNN (the original ranks 30-70th in a
-    Holidays-sized library) and next to it for the thumbnails; verification then decides."""
+    ``k`` (default :data:`THUMBNAIL_EXTRAS`; 0 = none), best first, with their cosine to ``probe_vector``
+    as the score. A heavy blur or a shaky, watermarked copy is far from its original for the CNN (the
+    original ranks 30-70th in a Holidays-sized library) and next to it for the thumbnails;
+    verification then decides."""
     from searcher.verify import cached_features
 
+    k = THUMBNAIL_EXTRAS if k is None else k
     feats = cached_features(cache, probe)
-    if feats is None or feats.thumb is None:
+    if k <= 0 or feats is None or feats.thumb is None:
         return []
     index = lib.thumbnail_index()
     h, w = feats.shape
