@@ -404,9 +404,8 @@ def _backfill_thumbnails(
         todo, lambda t: t[1], THUMBNAIL_DECODE_SIZE, workers=workers or default_workers(), max_pixels=max_pixels
     )
     try:
-        for d in stream:
-            if d.info is not None and d.info.thumb is not None:
-                pending.append(ThumbnailRow(image_id=d.item[0], thumb=d.info.thumb))
+        for d in stream:  # b"": flat or now unreadable, marked done so the next run does not decode it again
+            pending.append(ThumbnailRow(image_id=d.item[0], thumb=(d.info.thumb if d.info else None) or b""))
             if len(pending) >= 256:
                 flush()
             progress.advance()
@@ -480,8 +479,8 @@ def _embed_and_store(
                     session.flush()
                     image_id = row.id
                 session.add(EmbeddingRow(image_id=image_id, model_id=model.id, vector=store.vector_to_blob(vectors[i])))
-                if info.thumb is not None:  # another model's run may have stored it already
-                    session.merge(ThumbnailRow(image_id=image_id, thumb=info.thumb))
+                # b"" for a flat picture: marked done, so later runs do not decode it again for nothing
+                session.merge(ThumbnailRow(image_id=image_id, thumb=info.thumb or b""))
                 added_ids.append(image_id)
             for d in batch.items:
                 if d.error is not None:

@@ -100,7 +100,7 @@ class ThumbnailIndex:
         skip = set(int(i) for i in exclude)
         out = []
         for r in np.argsort(-scores, kind="stable"):
-            if scores[r] < min_correlation or len(out) >= k:
+            if len(out) >= k:
                 break
             image_id = int(self.ids[rows[r]])
             if image_id not in skip:
