@@ -9,10 +9,11 @@ verify the first results pixel by pixel (:mod:`searcher.verify`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 from sqlalchemy import select
 
 from searcher import regions, store
@@ -77,15 +78,21 @@ def thumbnail_candidates(
     as the score. A heavy blur or a shaky, watermarked copy is far from its original for the CNN (the
     original ranks 30-70th in a Holidays-sized library) and next to it for the thumbnails;
     verification then decides."""
-    from searcher.verify import cached_features
+    from searcher.verify import probe_views
 
     k = THUMBNAIL_EXTRAS if k is None else k
-    feats = cached_features(cache, probe)
-    if k <= 0 or feats is None or feats.thumb is None:
+    if k <= 0:
         return []
     index = lib.thumbnail_index()
-    h, w = feats.shape
-    found = index.search(feats.thumb, w / h, k, exclude=[*(x.image_id for x in hits), *([skip] if skip else [])])
+    exclude = [*(x.image_id for x in hits), *([skip] if skip else [])]
+    best: dict[int, float] = {}
+    for feats in probe_views(cache, probe):  # the probe, and the picture inside its frame if any
+        if feats.thumb is None:
+            continue
+        h, w = feats.shape
+        for i, correlation in index.search(feats.thumb, w / h, k, exclude=exclude):
+            best[i] = max(best.get(i, -1.0), correlation)
+    found = sorted(best.items(), key=lambda item: -item[1])[:k]
     if not found:
         return []
     ids = [i for i, _ in found]
@@ -198,7 +205,10 @@ def query(
             good = [d for d in batch if d.pixels is not None]
             if good:
                 trim = chosen.trim and len(kinds_new) > 1  # invariant probes: also without a frame
-                views = [rerank.probe_views(d.pixels, kinds_new, trim) for d in good]
+                views = [
+                    rerank.probe_views(d.pixels, kinds_new, trim, _full_picture(d.item, embedder.input_size))
+                    for d in good
+                ]
                 stacked = np.stack([v for vs in views for v in vs])
                 if regional:  # one forward pass: the global vectors are the map's average
                     maps = embedder.feature_maps(stacked)
@@ -237,6 +247,22 @@ def query(
                 extra = thumbnail_candidates(lib, model, p, vectors[p], results[p], cache, skip)
                 results[p] = verified_order(p, results[p], top, cache, copy_at, extra)
     return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
+
+
+def _full_picture(path: str, input_size: tuple[int, int]) -> Callable[[], Image.Image | None]:
+    """A function that decodes ``path`` large enough to cut the picture inside its frame at full
+    detail (:func:`searcher.rerank.inner_picture`; called only for probes that have a frame), or
+    returns None when it can no longer be read (then the model input is cut instead)."""
+
+    def load() -> Image.Image | None:
+        from searcher.decode import DecodeError, open_image
+
+        try:
+            return open_image(path, min_side=4 * max(input_size)).image
+        except (DecodeError, OSError):
+            return None
+
+    return load
 
 
 def search_vectors(

@@ -101,37 +101,47 @@ _ARRAY_OPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def trim_border(
+def border_box(
     pixels: np.ndarray, tolerance: int = 18, min_px: int = 3, max_fraction: float = 0.3
-) -> np.ndarray | None:
-    """The picture inside a solid frame or letterbox bars, resized back to the input's shape; or
+) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` of the picture inside a solid frame or letterbox bars, or
     ``None`` when there is none (a frame on all four sides, or bars on two opposite sides, at least
-    ``min_px`` thick and of one colour). Probes with a frame are also searched without it: a framed
-    copy then finds its unframed source."""
+    ``min_px`` thick and of one colour)."""
     h, w = pixels.shape[:2]
-    arr = pixels.astype(np.int16)
-    ring = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    colour = np.median(ring, axis=0)
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    colour = np.median(ring, axis=0).astype(np.float32)
 
     def thickness(lines: np.ndarray) -> int:
         # a line belongs to the frame when 95 % of its pixels are within tolerance of the frame colour
-        close = np.abs(lines - colour).max(axis=-1) <= tolerance  # (n_lines, length)
+        off = np.abs(lines.astype(np.float32) - colour)
+        close = np.maximum(np.maximum(off[..., 0], off[..., 1]), off[..., 2]) <= tolerance  # (n_lines, length)
         solid = np.mean(close, axis=1) >= 0.95
         return int(np.argmin(solid)) if not solid.all() else len(solid)
 
     limit_h, limit_w = int(h * max_fraction), int(w * max_fraction)
-    top = thickness(arr[:limit_h])
-    bottom = thickness(arr[::-1][:limit_h])
-    left = thickness(arr[:, :limit_w].transpose(1, 0, 2))
-    right = thickness(arr[:, ::-1][:, :limit_w].transpose(1, 0, 2))
+    top = thickness(pixels[:limit_h])
+    bottom = thickness(pixels[::-1][:limit_h])
+    left = thickness(pixels[:, :limit_w].transpose(1, 0, 2))
+    right = thickness(pixels[:, ::-1][:, :limit_w].transpose(1, 0, 2))
     vertical = top >= min_px and bottom >= min_px and top < limit_h and bottom < limit_h
     horizontal = left >= min_px and right >= min_px and left < limit_w and right < limit_w
     if not (vertical or horizontal):
         return None
     t, b = (top, bottom) if vertical else (0, 0)
     lft, rgt = (left, right) if horizontal else (0, 0)
-    inner = pixels[t : h - b, lft : w - rgt]
-    return np.asarray(Image.fromarray(inner).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return t, h - b, lft, w - rgt
+
+
+def trim_border(pixels: np.ndarray, **options: int | float) -> np.ndarray | None:
+    """The picture inside a solid frame or letterbox bars (:func:`border_box`), resized back to the
+    input's shape; or ``None`` when there is none. Probes with a frame are also searched without
+    it: a framed copy then finds its unframed source."""
+    box = border_box(pixels, **options)  # type: ignore[arg-type]
+    if box is None:
+        return None
+    t, b, lft, rgt = box
+    h, w = pixels.shape[:2]
+    return np.asarray(Image.fromarray(pixels[t:b, lft:rgt]).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def _longest_run(mask: np.ndarray, gap: int) -> tuple[int, int]:
@@ -148,7 +158,7 @@ def _longest_run(mask: np.ndarray, gap: int) -> tuple[int, int]:
 
 
 def picture_box(
-    pixels: np.ndarray, min_area: float = 0.1, max_area: float = 0.85, share: float = 0.05
+    pixels: np.ndarray, min_area: float = 0.04, max_area: float = 0.85, share: float = 0.05
 ) -> tuple[int, int, int, int] | None:
     """``(top, bottom, left, right)`` of a picture shown inside a busy frame (a screenshot of an
     app or web page: bars, flat background, captions), or ``None``. The frame's colours are those
@@ -174,6 +184,8 @@ def picture_box(
     area = (bottom - top) * (right - left) / (h * w)
     if right - left < max(8, w // 12) or not min_area <= area <= max_area:
         return None
+    if area < 0.1 and (top == 0 or bottom == h):  # a small picture lies inside the screen, not at its edge
+        return None
     outside = np.ones((h, w), bool)
     outside[top:bottom, left:right] = False
     if content[outside].mean() > 0.3:  # what surrounds the "picture" is not a frame (a plain photo)
@@ -195,27 +207,60 @@ def _longest_runs(mask: np.ndarray, gap: int) -> np.ndarray:
     return out
 
 
-def inner_picture(pixels: np.ndarray) -> tuple[np.ndarray | None, bool]:
-    """The picture inside a solid frame (:func:`trim_border`) or else inside a busy one such as a
-    screenshot (:func:`picture_box`), resized back to the input's shape (``None`` when neither),
-    and whether it came from a solid frame (then its turned views count too; a screenshot is upright)."""
-    inner = trim_border(pixels)
-    if inner is not None:
-        return inner, True
-    box = picture_box(pixels)
+Box = tuple[float, float, float, float]  # (top, bottom, left, right) as fractions of the height and width
+
+
+def inner_box(pixels: np.ndarray) -> tuple[Box, bool] | None:
+    """Where the picture inside a frame lies, as fractions of the height and width (so the same box
+    crops the full-resolution original): inside a solid frame (:func:`border_box`) or else inside a
+    busy one such as a screenshot (:func:`picture_box`); and whether it came from a solid frame
+    (then its turned views count too; a screenshot is upright). ``None`` when neither."""
+    box, framed = border_box(pixels), True
     if box is None:
-        return None, False
-    t, b, lft, rgt = box
+        box, framed = picture_box(pixels), False
+    if box is None:
+        return None
     h, w = pixels.shape[:2]
-    crop = Image.fromarray(np.ascontiguousarray(pixels[t:b, lft:rgt]))
-    return np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8), False
+    t, b, lft, rgt = box
+    return (t / h, b / h, lft / w, rgt / w), framed
 
 
-def probe_views(pixels: np.ndarray, kinds: Sequence[str], trim: bool = True) -> list[np.ndarray]:
+def crop_fraction(image: Image.Image, box: Box) -> Image.Image:
+    """``image`` cropped to ``box`` (fractions of its height and width: :func:`inner_box`)."""
+    w, h = image.size
+    t, b, lft, rgt = box
+    x0, y0 = round(lft * w), round(t * h)
+    return image.crop((x0, y0, max(round(rgt * w), x0 + 1), max(round(b * h), y0 + 1)))
+
+
+Original = Image.Image | Callable[[], Image.Image | None]
+
+
+def inner_picture(pixels: np.ndarray, original: Original | None = None) -> tuple[np.ndarray | None, bool]:
+    """The picture inside a frame (:func:`inner_box`) resized to the input's shape (``None`` when
+    there is none), and whether the frame was solid. With ``original`` (the decoded picture that
+    ``pixels`` were resized from, or a function that decodes it: called only when there is a
+    frame), the picture is cut from it at full resolution: a picture that fills a fifth of a phone
+    screenshot keeps its detail, where cut from the model input it would be enlarged from a few
+    dozen rows."""
+    found = inner_box(pixels)
+    if found is None:
+        return None, False
+    box, framed = found
+    source = original() if callable(original) else original
+    h, w = pixels.shape[:2]
+    crop = crop_fraction(source if source is not None else Image.fromarray(pixels), box)
+    return np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8), framed
+
+
+def probe_views(
+    pixels: np.ndarray, kinds: Sequence[str], trim: bool = True, original: Original | None = None
+) -> list[np.ndarray]:
     """The model inputs to embed for one probe: ``kinds`` of it, and of its inside when it has a
-    frame (:func:`inner_picture`: every kind inside a solid frame, the first inside a screenshot)."""
+    frame (:func:`inner_picture`, cut from ``original`` when given: every kind inside a solid
+    frame, the first inside a screenshot)."""
     views = array_variants(pixels, kinds)
-    inner, framed = inner_picture(pixels) if trim else (None, False)
+    inner, framed = inner_picture(pixels, original) if trim else (None, False)
     if inner is not None:
         views += array_variants(inner, kinds if framed else kinds[:1])
     return views
@@ -385,10 +430,11 @@ def verify_and_order(
 ) -> tuple[list[int], list[tuple[float, int]]]:
     """Verify ``paths`` (the first results, in CNN order) against ``probe`` and order them as the
     default query does (:func:`verified_head`): the new order of their positions, and each one's
-    (verified score, homography inliers: :func:`searcher.verify.verified_evidence`)."""
+    (verified score, homography inliers: :func:`searcher.verify.verified_evidence`; a probe with a
+    frame, such as a screenshot, has the picture inside it verified too)."""
     from searcher.verify import verified_evidence
 
-    evidence = verified_evidence(probe, paths, cache, copy_at, SPATIAL_INLIERS)
+    evidence = verified_evidence(probe, paths, cache, copy_at, SPATIAL_INLIERS, inside=True)
     order = verified_head([], [s for s, _ in evidence], [n for _, n in evidence], copy_at)
     return order, evidence
 

@@ -34,7 +34,7 @@ import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,6 +281,27 @@ def features_of_path(path: str | os.PathLike[str]) -> Features:
     return features_of_image(decoded.image, max(decoded.width, decoded.height))
 
 
+INNER_DETECT_SIDE = 320  # longest side of the copy the picture inside a frame is looked for on
+
+
+def inner_features_of_path(path: str | os.PathLike[str]) -> Features | None:
+    """Features of the picture inside ``path``'s frame (a screenshot's picture, a photo in a solid
+    frame or letterbox: :func:`searcher.rerank.inner_box`, looked for on a copy whose longest side
+    is :data:`INNER_DETECT_SIDE`), cut from the decoded original; ``None`` when it has no frame.
+    Raises DecodeError."""
+    from searcher.rerank import crop_fraction, inner_box
+
+    decoded = open_image(path, min_side=WORK_SIDE)
+    img = decoded.image
+    f = INNER_DETECT_SIDE / max(img.size)
+    small = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.Resampling.BILINEAR)
+    found = inner_box(np.asarray(small, dtype=np.uint8))
+    if found is None:
+        return None
+    crop = crop_fraction(img, found[0])
+    return features_of_image(crop, round(max(crop.size) * decoded.width / img.width))
+
+
 # one image's Features at WORK_SIDE 320: grey copy + 600 descriptors (uint8) + points + cells (float32)
 FEATURE_BYTES = 480_000
 
@@ -303,14 +324,17 @@ class FeatureCache:
         self._items: OrderedDict[str, Features | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str, path: str | None = None) -> Features | None:
-        """Features of ``key``, computed from ``path`` (default: the key) on a miss; None if undecodable."""
+    def get(
+        self, key: str, path: str | None = None, compute: Callable[[str], Features | None] | None = None
+    ) -> Features | None:
+        """Features of ``key``, computed from ``path`` (default: the key) on a miss by ``compute``
+        (default :func:`features_of_path`); None if undecodable (or if ``compute`` says None)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
         try:
-            feats: Features | None = features_of_path(path or key)
+            feats: Features | None = (compute or features_of_path)(path or key)
         except (DecodeError, OSError, cv2.error):
             feats = None
         with self._lock:
@@ -693,6 +717,27 @@ def cached_features(cache: FeatureCache, path: str) -> Features | None:
     return cache.get(f"{path}\0{st.st_size}\0{st.st_mtime_ns}", path)
 
 
+def cached_inner_features(cache: FeatureCache, path: str) -> Features | None:
+    """The features of the picture inside ``path``'s frame (:func:`inner_features_of_path`) from
+    ``cache``; ``None`` when it has no frame or cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return cache.get(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0inner", path, inner_features_of_path)
+
+
+def probe_views(cache: FeatureCache, probe: str, inside: bool = True) -> list[Features]:
+    """What a query verifies against: the probe's features, and with ``inside`` those of the
+    picture inside its frame when it has one (a screenshot: its picture fills a fifth of the
+    screen, too little of the whole for the copy score); empty when the probe cannot be read."""
+    mine = cached_features(cache, probe)
+    if mine is None:
+        return []
+    inner = cached_inner_features(cache, probe) if inside else None
+    return [mine] if inner is None else [mine, inner]
+
+
 def verified_evidence(
     probe: str,
     candidates: Sequence[str],
@@ -700,22 +745,30 @@ def verified_evidence(
     copy_at: float = 1.0,
     min_matches: int = MIN_INLIERS,
     workers: int | None = None,
+    inside: bool = False,
 ) -> list[tuple[float, int]]:
     """(verified score, :func:`geometric_inliers`) of each candidate file against ``probe``; the
     inliers are counted only where the score is under ``copy_at`` (a copy needs no more evidence,
     and a pair settled as it lies has no local features to count with) and there are at least
-    ``min_matches`` matches. ``(0.0, 0)`` where either file cannot be read. ``workers``: threads
-    (default: one per core, at most 8)."""
-    mine = cached_features(cache, probe)
-    if mine is None:
+    ``min_matches`` matches. ``(0.0, 0)`` where either file cannot be read. ``inside``: the picture
+    inside the probe's frame is verified too and the better evidence counts (:func:`probe_views`).
+    ``workers``: threads (default: one per core, at most 8)."""
+    views = probe_views(cache, probe, inside)
+    if not views:
         return [(0.0, 0)] * len(candidates)
 
     def evidence(path: str) -> tuple[float, int]:
         theirs = cached_features(cache, path)
         if theirs is None:
             return (0.0, 0)
-        score = verify_symmetric(mine, theirs).score
-        return (score, geometric_inliers(mine, theirs, min_matches) if score < copy_at else 0)
+        best, inliers = 0.0, 0
+        for view in views:
+            score = verify_symmetric(view, theirs).score
+            best = max(best, score)
+            if best >= copy_at:
+                return (best, 0)
+            inliers = max(inliers, geometric_inliers(view, theirs, min_matches))
+        return (best, inliers)
 
     workers = min(len(candidates), workers or os.cpu_count() or 1, 8)
     if workers <= 1:

@@ -134,7 +134,7 @@ def test_default_query_finds_the_source_of_a_screenshot_a_plain_query_misses(
 def test_a_framed_probe_also_searches_the_regions_of_the_picture_inside(holidays_subset: dict, tmp_path: Path) -> None:
     """A screenshot's stickers or captions can cover the subject; the regions of the picture found
     inside the frame (13 more windows, from the same forward pass) search the library too."""
-    from searcher.decode import load_for_model
+    from searcher.decode import load_for_model, open_image
     from searcher.edits import apply_edit
 
     source = Image.open(holidays_subset["folder"] / "100000.jpg").convert("RGB")
@@ -155,9 +155,61 @@ def test_a_framed_probe_also_searches_the_regions_of_the_picture_inside(holidays
         lib.query([plain], k=5, verify=0)
         embedder = lib.embedder_for(lib.find_model())
         pixels, _ = load_for_model(str(shot), embedder.input_size)
-    inner, framed = rerank.inner_picture(pixels)
+    # the picture is cut from the decoded screenshot at full detail, not from the model input
+    original = open_image(str(shot), min_side=4 * max(embedder.input_size)).image
+    inner, framed = rerank.inner_picture(pixels, original)
     assert inner is not None and not framed  # found as a screenshot's picture
     expected = regions.region_vectors(embedder.feature_maps(np.stack([pixels, inner])))
     per_view = expected.shape[1]  # 13 windows of a 7 x 7 map
     assert seen["0"].shape[0] == 2 * per_view and seen["1"].shape[0] == per_view
     np.testing.assert_allclose(seen["0"], expected.reshape(-1, expected.shape[-1]), atol=1e-4)
+
+
+def test_the_picture_inside_a_phone_screenshot_is_cut_at_full_detail(holidays_subset: dict) -> None:
+    """Cut from the model input, a picture that fills a fifth of a phone screenshot is enlarged
+    from a few dozen rows; cut from the decoded screenshot, it keeps its detail and is closer to
+    its source."""
+    from searcher.decode import load_for_model
+    from searcher.edits import apply_edit
+
+    source = Image.open(holidays_subset["folder"] / "102200.jpg").convert("RGB")
+    shot = apply_edit(source, "combo_screenshot_share", np.random.default_rng(2))
+    assert shot.height > shot.width  # a phone screen
+    pixels = np.asarray(shot.resize((224, 224), Image.Resampling.BILINEAR))
+    coarse, framed = rerank.inner_picture(pixels)
+    fine, framed_too = rerank.inner_picture(pixels, lambda: shot)
+    assert coarse is not None and fine is not None and not framed and not framed_too
+    assert fine.shape == coarse.shape == pixels.shape
+    target, _ = load_for_model(holidays_subset["folder"] / "102200.jpg", (224, 224))
+
+    def sharpness(a: np.ndarray) -> float:  # mean absolute difference of neighbouring pixels
+        g = a.astype(float).mean(axis=-1)
+        return float(np.abs(np.diff(g, axis=1)).mean())
+
+    # the source resized to the model input has the detail of the fine cut, not of the coarse one
+    assert sharpness(fine) > 1.3 * sharpness(coarse)
+    assert abs(sharpness(fine) - sharpness(target)) < abs(sharpness(coarse) - sharpness(target))
+
+
+def test_verification_of_a_screenshot_looks_at_the_picture_inside(holidays_subset: dict, tmp_path: Path) -> None:
+    """A re-shared phone screenshot (recoloured, stickered) of a Holidays photo: as a whole it does
+    not verify against its source (the picture is a fifth of the screen); its picture does, and the
+    default query puts the source first as a verified copy."""
+    from searcher import verify
+    from searcher.duplicates import thresholds_for
+    from searcher.edits import apply_edit
+
+    source = holidays_subset["folder"] / "102200.jpg"
+    probe = tmp_path / "shared-screenshot.jpg"
+    apply_edit(Image.open(source).convert("RGB"), "combo_screenshot_share", np.random.default_rng(2)).save(probe)
+    with Library.open(holidays_subset["library"]) as lib:
+        copy_at = thresholds_for(lib.find_model()).verified
+        result = lib.query([probe], k=10)[0]
+    cache = verify.FeatureCache()
+    (whole,) = verify.verified_evidence(str(probe), [str(source)], cache, copy_at)
+    (inside,) = verify.verified_evidence(str(probe), [str(source)], cache, copy_at, inside=True)
+    assert whole[0] < copy_at <= inside[0], (whole, inside, copy_at)
+    assert len(verify.probe_views(cache, str(probe))) == 2  # the screenshot and its picture
+    assert len(verify.probe_views(cache, str(source))) == 1  # a plain photo has no picture inside
+    top = result.results[0]
+    assert Path(top.path).name == "102200.jpg" and top.verified is not None and top.verified >= copy_at
