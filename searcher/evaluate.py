@@ -452,6 +452,7 @@ def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: Retrie
     (``options.invariant`` views, plus the same views of the inside of a frame when ``options.trim``)."""
     from searcher import rerank
     from searcher.decode import load_for_model, open_image
+    from searcher.querying import full_picture
 
     embedder = lib.embedder_for(model)
     kinds = options.invariant
@@ -465,14 +466,16 @@ def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: Retrie
             from searcher.regions import region_vectors
 
             pixels, _ = load_for_model(p, embedder.input_size)
-            inner = rerank.inner_picture(pixels)[0] if options.trim and len(kinds) > 1 else None
+            original = full_picture(p, embedder.input_size)  # as Library.query: cut at full detail
+            inner = rerank.inner_picture(pixels, original)[0] if options.trim and len(kinds) > 1 else None
             views = pixels[None] if inner is None else np.stack([pixels, inner])  # as Library.query
             found = region_vectors(embedder.feature_maps(views))
             have["regions"] = found.reshape(-1, found.shape[-1])
         if todo:
             if options.stored_vectors:
                 pixels, _ = load_for_model(p, embedder.input_size)
-                inner, framed = rerank.inner_picture(pixels) if options.trim else (None, False)
+                original = full_picture(p, embedder.input_size)
+                inner, framed = rerank.inner_picture(pixels, original) if options.trim else (None, False)
                 views = []
                 for k in todo:
                     base = pixels if not k.startswith("trim:") else inner
@@ -803,4 +806,4 @@ class _Verifier:
         head = [int(i) for i in order[:top]]
         best, evidence = verify_and_order(probe, [path_of[i] for i in head], self.cache, self.copy_at)
         new_order = np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)
-        return new_order, {i: score for i, (score, _) in zip(head, evidence, strict=True)}
+        return new_order, {i: e.score for i, e in zip(head, evidence, strict=True)}

@@ -45,17 +45,22 @@ def verified_order(
     (:func:`searcher.rerank.verified_head`: copies, verified score at least ``copy_at``, first; then
     results a homography ties to the probe) and their ``verified`` score and ``inliers`` set; the
     rest follow unchanged. ``extra``: more candidates (thumbnail neighbours the CNN ranked lower,
-    :func:`thumbnail_candidates`), verified with the head and kept only when they are copies, ahead
-    of the rest; the list keeps its length."""
-    from searcher.rerank import verify_and_order
+    :func:`thumbnail_candidates`), verified with the head and kept only when they are copies or a
+    homography ties them to the probe, ahead of the rest; the list keeps its length."""
+    from searcher.rerank import SPATIAL_INLIERS, verify_and_order
 
     head, tail = hits[:top], hits[top:]
     tried = [*head, *extra]
     order, evidence = verify_and_order(probe, [h.path for h in tried], cache, copy_at)
-    for hit, (score, inliers) in zip(tried, evidence, strict=True):
+    for hit, (score, inliers, _) in zip(tried, evidence, strict=True):
         hit.verified = score
         hit.inliers = inliers if score < copy_at else None
-    head = [tried[j] for j in order if j < len(head) or evidence[j][0] >= copy_at]
+    # an extra joins when it is a copy, or a homography ties it to the probe (a blurred, watermarked copy)
+    joins = [
+        j < len(head) or score >= copy_at or inliers >= SPATIAL_INLIERS
+        for j, (score, inliers, _) in enumerate(evidence)
+    ]
+    head = [tried[j] for j in order if joins[j]]
     ranked = [*head, *tail][: len(hits)]
     for rank, hit in enumerate(ranked, 1):
         hit.rank = rank
@@ -206,7 +211,7 @@ def query(
             if good:
                 trim = chosen.trim and len(kinds_new) > 1  # invariant probes: also without a frame
                 views = [
-                    rerank.probe_views(d.pixels, kinds_new, trim, _full_picture(d.item, embedder.input_size))
+                    rerank.probe_views(d.pixels, kinds_new, trim, full_picture(d.item, embedder.input_size))
                     for d in good
                 ]
                 stacked = np.stack([v for vs in views for v in vs])
@@ -249,7 +254,7 @@ def query(
     return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
 
 
-def _full_picture(path: str, input_size: tuple[int, int]) -> Callable[[], Image.Image | None]:
+def full_picture(path: str, input_size: tuple[int, int]) -> Callable[[], Image.Image | None]:
     """A function that decodes ``path`` large enough to cut the picture inside its frame at full
     detail (:func:`searcher.rerank.inner_picture`; called only for probes that have a frame), or
     returns None when it can no longer be read (then the model input is cut instead)."""

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from searcher.verify import FeatureCache
+    from searcher.verify import Evidence, FeatureCache
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -408,26 +408,30 @@ def verified_head(
     inliers: Sequence[int] | None = None,
     copy_at: float = 0.0,
     min_inliers: int = SPATIAL_INLIERS,
+    turned: Sequence[bool] | None = None,
 ) -> list[int]:
     """Positions of the verified head in their new order: copies first (a verified score of at
-    least ``copy_at``: the duplicates threshold), best first; then what a homography ties to the
-    probe (at least ``min_inliers`` inliers: a photo of a print, another shot of the same facade),
-    most inliers first; then the rest by verified score. Ties (e.g. every result 0: nothing is a
-    copy) keep the CNN order. With only ``verified``: best verified score first."""
+    least ``copy_at``: the duplicates threshold), those lying as the probe does before those
+    ``turned`` a quarter or mirrored (Holidays holds a photo twice, once turned: the probe's own
+    orientation is the closer copy), best first; then what a homography ties to the probe (at least
+    ``min_inliers`` inliers: a photo of a print, another shot of the same facade), most inliers
+    first; then the rest by verified score. Ties (e.g. every result 0: nothing is a copy) keep the
+    CNN order. With only ``verified``: best verified score first."""
     del cosines  # the CNN order is the positions' order
     counts = list(inliers) if inliers is not None else [0] * len(verified)
+    turns = list(turned) if turned is not None else [False] * len(verified)
 
-    def key(j: int) -> tuple[float, int, float, int]:
+    def key(j: int) -> tuple[bool, bool, float, int, float, int]:
         copy = verified[j] if verified[j] >= copy_at else 0.0
         spatial = counts[j] if counts[j] >= min_inliers else 0
-        return (-copy, -spatial, -verified[j], j)
+        return (copy <= 0, copy > 0 and turns[j], -copy, -spatial, -verified[j], j)
 
     return sorted(range(len(verified)), key=key)
 
 
 def verify_and_order(
     probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float
-) -> tuple[list[int], list[tuple[float, int]]]:
+) -> tuple[list[int], list[Evidence]]:
     """Verify ``paths`` (the first results, in CNN order) against ``probe`` and order them as the
     default query does (:func:`verified_head`): the new order of their positions, and each one's
     (verified score, homography inliers: :func:`searcher.verify.verified_evidence`; a probe with a
@@ -435,7 +439,9 @@ def verify_and_order(
     from searcher.verify import verified_evidence
 
     evidence = verified_evidence(probe, paths, cache, copy_at, SPATIAL_INLIERS, inside=True)
-    order = verified_head([], [s for s, _ in evidence], [n for _, n in evidence], copy_at)
+    order = verified_head(
+        [], [e.score for e in evidence], [e.inliers for e in evidence], copy_at, turned=[e.turned for e in evidence]
+    )
     return order, evidence
 
 

@@ -36,7 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -738,6 +738,14 @@ def probe_views(cache: FeatureCache, probe: str, inside: bool = True) -> list[Fe
     return [mine] if inner is None else [mine, inner]
 
 
+class Evidence(NamedTuple):
+    """What verification says of one result of a query (:func:`verified_evidence`)."""
+
+    score: float  # the verified (copy) score
+    inliers: int  # homography inliers (:func:`geometric_inliers`), counted only for results that are not copies
+    turned: bool = False  # the best verdict turned the picture a quarter or more, or mirrored it
+
+
 def verified_evidence(
     probe: str,
     candidates: Sequence[str],
@@ -746,8 +754,8 @@ def verified_evidence(
     min_matches: int = MIN_INLIERS,
     workers: int | None = None,
     inside: bool = False,
-) -> list[tuple[float, int]]:
-    """(verified score, :func:`geometric_inliers`) of each candidate file against ``probe``; the
+) -> list[Evidence]:
+    """(verified score, :func:`geometric_inliers`, turned) of each candidate file against ``probe``; the
     inliers are counted only where the score is under ``copy_at`` (a copy needs no more evidence,
     and a pair settled as it lies has no local features to count with) and there are at least
     ``min_matches`` matches. ``(0.0, 0)`` where either file cannot be read. ``inside``: the picture
@@ -755,20 +763,21 @@ def verified_evidence(
     ``workers``: threads (default: one per core, at most 8)."""
     views = probe_views(cache, probe, inside)
     if not views:
-        return [(0.0, 0)] * len(candidates)
+        return [Evidence(0.0, 0)] * len(candidates)
 
-    def evidence(path: str) -> tuple[float, int]:
+    def evidence(path: str) -> Evidence:
         theirs = cached_features(cache, path)
         if theirs is None:
-            return (0.0, 0)
-        best, inliers = 0.0, 0
+            return Evidence(0.0, 0)
+        best, inliers = Evidence(0.0, 0), 0
         for view in views:
-            score = verify_symmetric(view, theirs).score
-            best = max(best, score)
-            if best >= copy_at:
-                return (best, 0)
+            verdict = verify_symmetric(view, theirs)
+            if verdict.score > best.score:
+                best = Evidence(verdict.score, 0, verdict.mirrored or abs(verdict.angle) > 45)
+            if best.score >= copy_at:
+                return best
             inliers = max(inliers, geometric_inliers(view, theirs, min_matches))
-        return (best, inliers)
+        return best._replace(inliers=inliers)
 
     workers = min(len(candidates), workers or os.cpu_count() or 1, 8)
     if workers <= 1:
