@@ -62,6 +62,8 @@ def main() -> None:
         "--product", default="", help="also measure recall through Library.query itself, with these numbers of "
         "thumbnail candidates (comma-separated, e.g. 0,5: searcher.querying.THUMBNAIL_EXTRAS)",
     )  # fmt: skip
+    ap.add_argument("--backbone", default=None, help="backbone to measure (default: the library's default, Lite0)")
+    ap.add_argument("--weights", default=None, help="its weights file, where they are not bundled")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -74,6 +76,7 @@ def main() -> None:
     settings = {name: settings[name] for name in args.settings.split(",") if name}
     lib_dir = Path(tempfile.gettempdir()) / f"searcher-tune-{Path(args.folder).resolve().parent.name}"
     out: dict = {"folder": str(Path(args.folder).resolve()), "split": args.split, "sources": args.sources,
+                 "backbone": args.backbone or "library default",
                  "preset": {"verify_top": preset.verify_top, "verify_gap": str(preset.verify_gap),
                             "regional_margin": preset.regional_margin}, "settings": {}}  # fmt: skip
     with Library.open(lib_dir, create=True) as lib:
@@ -135,6 +138,16 @@ def main() -> None:
             row = product_recall(lib, args, extras)
             out["settings"][f"query_thumbnails_{extras}"] = row
             print(f"Library.query, {extras} thumbnails:", row["recall@1"], row["worst"], row["ms_per_query_p50"])
+        if args.product and args.groundtruth and not settings:  # the default query's mAP, as `searcher eval --verify 10`
+            t = time.monotonic()
+            options = RetrievalOptions.from_preset("instance")
+            report = evaluate_folder(
+                lib, args.folder, GroundTruth.load(args.groundtruth), options, backbone=args.backbone,
+                weights=args.weights, verify_top=preset.verify_top, verify_gap=preset.verify_gap,
+            )  # fmt: skip
+            out["holidays_mAP_default_query"] = round(report.metrics.map, 4)
+            out["seconds_mAP"] = round(time.monotonic() - t, 1)
+            print("Holidays mAP, default query:", out["holidays_mAP_default_query"])
     out["loadavg"] = open("/proc/loadavg").read().split()[:3]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
@@ -148,8 +161,9 @@ def product_recall(lib: Library, args: argparse.Namespace, extras: int) -> dict:
     time: the copies are not indexed), on the same copies as :func:`near_duplicate_benchmark` makes."""
     from searcher import querying
 
-    lib.index([args.folder])  # up to date, thumbnails included (a library indexed before them gets them now)
-    model = lib.find_model()
+    # up to date, thumbnails included (a library indexed before them gets them now)
+    lib.index([args.folder], backbone=args.backbone, weights=args.weights)
+    model = lib.find_model(args.backbone)
     _, paths, _ = folder_vectors(lib, model, str(Path(args.folder).resolve()))
     chosen = sample_sources(paths, args.sources, args.seed)
     ranks: dict[str, list[int]] = {}
@@ -160,7 +174,7 @@ def product_recall(lib: Library, args: argparse.Namespace, extras: int) -> dict:
             manifest = make_benchmark(chosen, tmp, KIND_SETS["wide"], seed=args.seed, split=args.split)
             for m in manifest:
                 t = time.perf_counter()
-                (result,) = lib.query([m["copy"]], k=10)
+                (result,) = lib.query([m["copy"]], k=10, backbone=args.backbone)
                 ms.append(1000 * (time.perf_counter() - t))
                 found = [h.rank for h in result.results if h.path == m["source"]]
                 rank = found[0] if found else 11
