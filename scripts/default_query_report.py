@@ -138,7 +138,7 @@ def main() -> None:
             row = product_recall(lib, args, extras)
             out["settings"][f"query_thumbnails_{extras}"] = row
             print(f"Library.query, {extras} thumbnails:", row["recall@1"], row["worst"], row["ms_per_query_p50"])
-        if args.product and args.groundtruth and not settings:  # the default query's mAP, as `searcher eval --verify 10`
+        if args.product and args.groundtruth and not settings:  # the default query's mAP (`searcher eval --verify 10`)
             t = time.monotonic()
             options = RetrievalOptions.from_preset("instance")
             report = evaluate_folder(

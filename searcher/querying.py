@@ -31,6 +31,11 @@ REGIONAL_DEPTH = 100  # results per probe region: ``REGIONAL_DEPTH // 4`` (searc
 
 
 THUMBNAIL_EXTRAS = 5  # thumbnail neighbours of a probe verified beside its first results
+# verified score at which a thumbnail neighbour joins the results although it is not a copy and no
+# homography ties it to the probe (a shaky, watermarked copy leaves SIFT too little to match). Chosen on
+# the tune samples of the widened edits (README): the look-alikes that were not the picture verified at
+# most 0.29, while 2 of 18 originals that stayed out verified 0.35 and 0.67
+EXTRA_VERIFIED = 0.3
 
 
 def verified_order(
@@ -45,8 +50,9 @@ def verified_order(
     (:func:`searcher.rerank.verified_head`: copies, verified score at least ``copy_at``, first; then
     results a homography ties to the probe) and their ``verified`` score and ``inliers`` set; the
     rest follow unchanged. ``extra``: more candidates (thumbnail neighbours the CNN ranked lower,
-    :func:`thumbnail_candidates`), verified with the head and kept only when they are copies or a
-    homography ties them to the probe, ahead of the rest; the list keeps its length."""
+    :func:`thumbnail_candidates`), verified with the head and kept only when they are copies, a
+    homography ties them to the probe, or they verify at :data:`EXTRA_VERIFIED` or more, ordered
+    with the head; the list keeps its length."""
     from searcher.rerank import SPATIAL_INLIERS, verify_and_order
 
     head, tail = hits[:top], hits[top:]
@@ -55,9 +61,10 @@ def verified_order(
     for hit, (score, inliers, _) in zip(tried, evidence, strict=True):
         hit.verified = score
         hit.inliers = inliers if score < copy_at else None
-    # an extra joins when it is a copy, or a homography ties it to the probe (a blurred, watermarked copy)
+    # an extra joins when it is a copy, a homography ties it to the probe (a blurred, watermarked copy),
+    # or it verifies well for a look-alike (a shaky copy with too few local features left to match)
     joins = [
-        j < len(head) or score >= copy_at or inliers >= SPATIAL_INLIERS
+        j < len(head) or score >= min(copy_at, EXTRA_VERIFIED) or inliers >= SPATIAL_INLIERS
         for j, (score, inliers, _) in enumerate(evidence)
     ]
     head = [tried[j] for j in order if joins[j]]
