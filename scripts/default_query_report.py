@@ -62,6 +62,9 @@ def main() -> None:
         "--product", default="", help="also measure recall through Library.query itself, with these numbers of "
         "thumbnail candidates (comma-separated, e.g. 0,5: searcher.querying.THUMBNAIL_EXTRAS)",
     )  # fmt: skip
+    ap.add_argument(
+        "--kinds", default="", help="only these kinds of edit with --product (comma-separated; default: all 35)"
+    )
     ap.add_argument("--backbone", default=None, help="backbone to measure (default: the library's default, Lite0)")
     ap.add_argument("--weights", default=None, help="its weights file, where they are not bundled")
     ap.add_argument("--out", required=True)
@@ -76,7 +79,7 @@ def main() -> None:
     settings = {name: settings[name] for name in args.settings.split(",") if name}
     lib_dir = Path(tempfile.gettempdir()) / f"searcher-tune-{Path(args.folder).resolve().parent.name}"
     out: dict = {"folder": str(Path(args.folder).resolve()), "split": args.split, "sources": args.sources,
-                 "backbone": args.backbone or "library default",
+                 "seed": args.seed, "kinds": args.kinds or "all", "backbone": args.backbone or "library default",
                  "preset": {"verify_top": preset.verify_top, "verify_gap": str(preset.verify_gap),
                             "regional_margin": preset.regional_margin}, "settings": {}}  # fmt: skip
     with Library.open(lib_dir, create=True) as lib:
@@ -171,7 +174,8 @@ def product_recall(lib: Library, args: argparse.Namespace, extras: int) -> dict:
     querying.THUMBNAIL_EXTRAS = extras
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            manifest = make_benchmark(chosen, tmp, KIND_SETS["wide"], seed=args.seed, split=args.split)
+            kinds = [k for k in args.kinds.split(",") if k] or KIND_SETS["wide"]
+            manifest = make_benchmark(chosen, tmp, kinds, seed=args.seed, split=args.split)
             for m in manifest:
                 t = time.perf_counter()
                 (result,) = lib.query([m["copy"]], k=10, backbone=args.backbone)
