@@ -175,7 +175,9 @@ def query(
         str | None,
         typer.Option(
             help="Match rotated copies: rotations, all (rotations and flips) or none. Default: rotations for "
-            "new photos with --preset instance, none for indexed probes (their stored vector is reused)."
+            "new photos with --preset instance, none for indexed probes (their stored vector is reused: no "
+            "network). rotations embeds an indexed photo again as a new one, with its regions: a better "
+            "ranking (Holidays mAP 0.878 -> 0.922) for the cost of loading the network."
         ),
     ] = None,
     dba: Annotated[
