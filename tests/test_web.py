@@ -122,7 +122,11 @@ def test_a_symlink_swapped_in_for_an_indexed_file_is_refused(served, tmp_path) -
 def test_state_changes_need_csrf_and_same_origin(served) -> None:
     body = json.dumps({"batch": "x"}).encode()
     headers = {"Content-Type": "application/json"}
-    for extra in ({}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": served["server"].policy.csrf, "Origin": "http://evil.example"}):
+    for extra in (
+        {},
+        {"X-CSRF-Token": "wrong"},
+        {"X-CSRF-Token": served["server"].policy.csrf, "Origin": "http://evil.example"},
+    ):
         status, _ = _request(served, "POST", "/api/undo", body, {**headers, **extra})
         assert status in (401, 403), extra
     # with the page's token and no foreign origin it reaches the handler (which refuses the unknown batch)
@@ -198,9 +202,10 @@ def test_upload_finds_the_original_first(served, browser, tmp_path) -> None:
     _all_images_loaded(page)
     page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
     # click a result: the URL then names it (bookmarkable), and the search runs from it
-    page.locator("#results figure a").first.click()
-    page.wait_for_url("**/?path=*", timeout=30_000)
-    page.wait_for_selector("#results figure", timeout=60_000)
+    # wait for the navigation itself, not the new page's load event (a loaded CI box once took over 30 s)
+    with page.expect_navigation(url="**/?path=*", wait_until="commit", timeout=60_000):
+        page.locator("#results figure a").first.click()
+    page.wait_for_selector("#results figure", timeout=120_000)
     assert "astronaut.jpg" in urllib.parse.unquote(page.url)
     page.goto(url + "/browse")
     _all_images_loaded(page)
