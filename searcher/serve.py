@@ -9,9 +9,10 @@ Endpoints (all answers are JSON, errors are ``{"error": "..."}`` with a 4xx/5xx 
 ``GET /info``
     What ``searcher info --json`` prints.
 ``GET /query?path=<indexed path>&k=10&threshold=0.8``
-    Neighbours of an image that is in the library (its stored vector is used; the
-    image itself is left out of its results). Paths that are not indexed get 404:
-    the server never reads arbitrary files on request.
+    Neighbours of an image that is in the library, answered as ``searcher query PATH`` is
+    (embedded again with its turned views and regions; ``&invariant=none`` reuses its stored
+    vector: no model run). The image itself is left out of its results. Paths that are not
+    indexed get 404: the server never reads arbitrary files on request.
 ``POST /query?k=10&threshold=0.8``
     Neighbours of an uploaded image: either ``multipart/form-data`` (the first file
     field, or a field named ``image``) or the raw image bytes as the body (any
@@ -146,8 +147,15 @@ class SearchService:
         return self.lib.info()
 
     def query_path(
-        self, path: str, k: int, threshold: float | None, preset: str | None = None, verify: int | None = None
+        self,
+        path: str,
+        k: int,
+        threshold: float | None,
+        preset: str | None = None,
+        verify: int | None = None,
+        invariant: str | None = None,
     ) -> dict[str, Any]:
+        """Neighbours of an indexed image; ``invariant="none"``: its stored vector, no model run."""
         started = time.perf_counter()
         self._refresh()
         full = absolute(path)
@@ -156,8 +164,9 @@ class SearchService:
         if row is None or row.status != STATUS_OK:
             raise RequestError(HTTPStatus.NOT_FOUND, f"not an indexed image: {full} (POST the image to /query instead)")
         [result] = self.lib.query(
-            [full], k=k, backbone=self.model.backbone, pooling=self.model.pooling, preset=preset, verify=verify
-        )
+            [full], k=k, backbone=self.model.backbone, pooling=self.model.pooling, preset=preset, verify=verify,
+            invariant=invariant,
+        )  # fmt: skip
         if result.error:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{full}: {result.error}")
         return self._answer(full, result.results, k, threshold, started)
@@ -353,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
                 path = query.get("path", [""])[0]
                 if not path:
                     raise RequestError(HTTPStatus.BAD_REQUEST, "GET /query needs ?path=<indexed image path>")
-                return service.query_path(path, k, threshold, _preset(query), _verify(query))
+                return service.query_path(path, k, threshold, _preset(query), _verify(query), _invariant(query))
 
             self._run(answer)
         else:

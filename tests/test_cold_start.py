@@ -45,11 +45,15 @@ COMMANDS: dict[str, tuple[list[str], set[str], set[str]]] = {
     # duplicates re-reads cached verification scores; searcher/verify.py still imports cv2 at the top
     # (so cv2 and Pillow are not asserted absent here).
     "duplicates": (["duplicates"], RUNTIMES | {"pillow_heif"}, {"faiss"}),
-    # an indexed probe reuses its stored vector: no network, no model. By default the first 10 results are
-    # verified on the pixels (README "Retrieval quality"), which loads cv2; with verification off nothing
-    # decodes pictures
-    "query-indexed": (["query", "{probe}"], RUNTIMES | {"pillow_heif"}, {"faiss"}),
-    "query-indexed-unverified": (["query", "{probe}", "--verify", "0"], RUNTIMES | {"pillow_heif", "cv2"}, {"faiss"}),
+    # with --invariant none an indexed probe reuses its stored vector: no network, no model (the default
+    # embeds it again: tests/test_fast_paths.py). By default the first 10 results are verified on the
+    # pixels (README "Retrieval quality"), which loads cv2; with verification off nothing decodes pictures
+    "query-indexed": (["query", "{probe}", "--invariant", "none"], RUNTIMES | {"pillow_heif"}, {"faiss"}),
+    "query-indexed-unverified": (
+        ["query", "{probe}", "--invariant", "none", "--verify", "0"],
+        RUNTIMES | {"pillow_heif", "cv2"},
+        {"faiss"},
+    ),
 }
 
 
@@ -101,10 +105,10 @@ def test_command_leaves_heavy_modules_out(name: str, library: tuple[Path, Path])
 
 
 def test_indexed_probe_answer_and_no_indexing_pipeline(library: tuple[Path, Path]) -> None:
-    """The indexed probe is answered from its stored vector without the indexing or decoding stages
-    (pixel verification off: it decodes the pictures it compares)."""
+    """With ``--invariant none`` the indexed probe is answered from its stored vector without the
+    indexing or decoding stages (pixel verification off: it decodes the pictures it compares)."""
     lib, probe = library
-    result, stdout = run(["query", str(probe), "-k", "3", "--verify", "0"], lib)
+    result, stdout = run(["query", str(probe), "-k", "3", "--invariant", "none", "--verify", "0"], lib)
     assert result["code"] == 0, result["stderr"]
     assert not {"searcher.indexing", "searcher.pipeline", "searcher.decode", "searcher.embed"} & result["modules"]
     [answer] = json.loads(stdout)

@@ -65,7 +65,16 @@ def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> tuple[dict, 
 COMMANDS = {
     "info": lambda lib, photos: ["info", "--library", str(lib), "--json"],
     "failures": lambda lib, photos: ["failures", "--library", str(lib), "--json"],
-    "query-indexed": lambda lib, photos: ["query", str(photos / "p1.jpg"), "--library", str(lib), "--json"],
+    # the fast path: an indexed probe's stored vector (the default query embeds it again, see below)
+    "query-indexed": lambda lib, photos: [
+        "query",
+        str(photos / "p1.jpg"),
+        "--invariant",
+        "none",
+        "--library",
+        str(lib),
+        "--json",
+    ],  # fmt: skip
     "duplicates": lambda lib, photos: ["duplicates", "--library", str(lib), "--json"],
     "check": lambda lib, photos: ["check", "--library", str(lib), "--json"],
     "backbones": lambda lib, photos: ["backbones", "--json"],
@@ -92,7 +101,9 @@ def test_command_does_not_import_tensorflow(name: str, small_library: tuple[Path
 
 def test_query_by_indexed_image_answers_with_neighbours(small_library: tuple[Path, Path]) -> None:
     lib, photos = small_library
-    result, stdout = run_cli("query", str(photos / "p1.jpg"), "-k", "3", "--library", str(lib), "--json")
+    result, stdout = run_cli(
+        "query", str(photos / "p1.jpg"), "-k", "3", "--invariant", "none", "--library", str(lib), "--json"
+    )  # fmt: skip
     assert result["heavy"] == [] and result["code"] == 0
     [answer] = json.loads(stdout)
     assert len(answer["results"]) == 3
@@ -129,3 +140,20 @@ def test_query_of_a_new_image_on_onnxruntime_does_not_import_tensorflow(
     assert result["code"] == 0 and result["heavy"] == ["onnxruntime"], result
     [answer] = json.loads(stdout)
     assert len(answer["results"]) == 6
+
+
+def test_default_query_of_an_indexed_image_embeds_it_on_onnxruntime(small_library: tuple[Path, Path]) -> None:
+    """By default an indexed probe is embedded again (turned views and regions rank better than its
+    stored vector): with the model's ONNX export cached, that costs ONNX Runtime, never TensorFlow."""
+    pytest.importorskip("onnxruntime")
+    lib, photos = small_library
+    with Library.open(lib) as opened:  # export and verify here if no cache has it yet
+        assert opened.embedder_for(opened.find_model(), runtime="onnxruntime").runtime == "onnxruntime"
+    probe = photos / "p1.jpg"
+    result, stdout = run_cli(
+        "query", str(probe), "-k", "3", "--library", str(lib), "--json", env_extra={"SEARCHER_RUNTIME": "onnx"}
+    )
+    assert result["code"] == 0 and result["heavy"] == ["onnxruntime"], result
+    [answer] = json.loads(stdout)
+    assert len(answer["results"]) == 3
+    assert all(Path(r["path"]).name != "p1.jpg" for r in answer["results"])  # still left out of its results

@@ -60,8 +60,13 @@ def test_sample_photos_edited_copies_find_their_source(tmp_path: Path) -> None:
         results = lib.query([SAMPLES / "chelsea_small_copy.jpg", SAMPLES / "coffee_mirrored_copy.jpg"], k=2)
         assert Path(results[0].results[0].path).name == "chelsea.jpg"
         assert Path(results[1].results[0].path).name == "coffee.jpg"
-        # indexed probes reuse their stored vector: no embedding at query time
-        assert not results[0].embedded
+        # an indexed probe is embedded again by default (turned views, regions); with the upright view
+        # only (invariant="none") its stored vector is reused: no embedding at query time
+        assert results[0].embedded
+        [fast] = lib.query([SAMPLES / "chelsea_small_copy.jpg"], k=2, invariant="none")
+        assert not fast.embedded
+        assert Path(fast.results[0].path).name == "chelsea.jpg"
+        assert fast.results[0].score == pytest.approx(results[0].results[0].score, abs=1e-3)
         # the probe's own file is left out, its byte-identical twin is not
         [rocket] = lib.query([SAMPLES / "rocket.jpg"], k=1)
         assert Path(rocket.results[0].path).name == "rocket (copy).jpg"

@@ -128,18 +128,23 @@ def test_rotated_copy_is_found_by_the_default_query_but_missed_by_a_plain_one(
 
 
 def test_indexed_probe_keeps_its_stored_vector_and_scores_stay_cosines(holidays_subset: dict) -> None:
+    """With the upright view only (``invariant="none"``) an indexed probe is answered from its stored
+    vector (no network), re-ranked by DBA, and the scores stay its cosines; the default query embeds it
+    again (turned views, regions) and finds the same first result."""
     probe = holidays_subset["folder"] / "100200.jpg"
     with Library.open(holidays_subset["library"]) as lib:
-        result = lib.query([probe], k=5)[0]  # default: DBA re-ranking, no network for an indexed probe
-        plain = lib.query([probe], k=30, augment=False)[0]
+        result = lib.query([probe], k=5, invariant="none")[0]  # DBA re-ranking, no network
+        plain = lib.query([probe], k=30, augment=False, invariant="none")[0]
+        default = lib.query([probe], k=5)[0]
         model = lib.find_model()
         index = lib.vector_index(model)
         me = next(i for i in index.ids() if lib._rows_by_id([int(i)])[int(i)].path == str(probe))
         mine = index.reconstruct(int(me))
         for hit in result.results:
             assert hit.score == pytest.approx(float(mine @ index.reconstruct(hit.image_id)), abs=1e-5)
-    assert not result.embedded and not plain.embedded
+    assert not result.embedded and not plain.embedded and default.embedded
     assert Path(result.results[0].path).name == "100201.jpg"  # its group's other photo
+    assert Path(default.results[0].path).name == "100201.jpg"
     assert {h.path for h in result.results} <= {h.path for h in plain.results}  # re-ranked, not replaced
 
 

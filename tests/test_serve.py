@@ -250,3 +250,26 @@ def test_post_query_verifies_the_first_results_unless_told_not_to(
 
     status, by_path = request(server, "GET", f"/query?k=3&verify=0&path={quote(str(photos / 'p2.jpg'))}")
     assert status == 200 and not any("verified" in r for r in by_path["results"])
+
+
+def test_get_query_of_an_indexed_turned_copy(server: SearchServer, library: tuple[Path, Path]) -> None:
+    """GET /query embeds the indexed image again with its turned views (as `searcher query PATH`), so an
+    indexed copy turned by 90 degrees finds its original; ?invariant=none answers from the stored vector
+    (no model run), where the original scores clearly lower."""
+    from urllib.parse import quote
+
+    lib_dir, photos = library
+    extra = photos.parent / "turned"
+    extra.mkdir(exist_ok=True)
+    Image.open(photos / "p3.jpg").rotate(90, expand=True).save(extra / "p3-turned.jpg", quality=85)
+    with Library.open(lib_dir) as lib:
+        assert lib.index([extra]).embedded == 1
+    path = quote(str(extra / "p3-turned.jpg"))
+    status, turned = request(server, "GET", f"/query?path={path}&k=3")
+    assert status == 200 and Path(turned["results"][0]["path"]).name == "p3.jpg", turned
+    status, fast = request(server, "GET", f"/query?path={path}&k=9&invariant=none")
+    assert status == 200, fast
+    score = {Path(r["path"]).name: r["score"] for r in fast["results"]}.get("p3.jpg", -1.0)
+    assert score < turned["results"][0]["score"] - 0.02, (score, turned["results"][0])
+    status, bad = request(server, "GET", f"/query?path={path}&invariant=sideways")
+    assert status == 400 and "invariant" in bad["error"]

@@ -174,10 +174,10 @@ def query(
     invariant: Annotated[
         str | None,
         typer.Option(
-            help="Match rotated copies: rotations, all (rotations and flips) or none. Default: rotations for "
-            "new photos with --preset instance, none for indexed probes (their stored vector is reused: no "
-            "network). rotations embeds an indexed photo again as a new one, with its regions: a better "
-            "ranking (Holidays mAP 0.878 -> 0.922) for the cost of loading the network."
+            help="Match rotated copies: rotations, all (rotations and flips) or none. Default: the preset's "
+            "(instance: rotations, with regional probes, for new and indexed probes alike). none = the upright "
+            "view only; an indexed probe then reuses its stored vector (no network: the fast path) but ranks "
+            "worse (Holidays mAP 0.922 -> 0.878)."
         ),
     ] = None,
     dba: Annotated[
