@@ -107,36 +107,37 @@ def main() -> None:
                 row["holidays_mAP"] = round(report.metrics.map, 4)
             out["settings"][name] = row
             print(name, row["recall@1"], row["worst"], row["verified_share"], row.get("holidays_mAP"), flush=True)
-        # cost per query through Library.query (new probes: the copies are not indexed)
-        model = lib.find_model()
-        _, paths, _ = folder_vectors(lib, model, str(Path(args.folder).resolve()))
-        with tempfile.TemporaryDirectory() as tmp:
-            chosen = sample_sources(paths, max(1, args.timed // 5), args.seed + 1)
-            kinds = ("crop_small", "screenshot", "combo_social", "perspective", "jpeg")
-            manifest = make_benchmark(chosen, tmp, kinds, seed=args.seed + 1, split=args.split)
-            lib.query([manifest[0]["copy"]], k=10)  # the network is loaded and traced once, not timed
-            for name, (p, top, gap) in settings.items():
-                rerank.PRESETS["_timed"] = replace(p, name="_timed", verify_top=top, verify_gap=gap)
-                ms, warm = [], []
-                verified = 0
-                for m in manifest:
-                    lib._verify_cache = None  # as `searcher query` in a new process: no features of the results yet
-                    t = time.perf_counter()
-                    (result,) = lib.query([m["copy"]], k=10, preset="_timed")
-                    ms.append(1000 * (time.perf_counter() - t))
-                    verified += any(h.verified is not None for h in result.results)
-                lib._verify_cache = None
-                for m in manifest:  # as `searcher serve`: the library stays open, results' features are kept
-                    t = time.perf_counter()
-                    lib.query([m["copy"]], k=10, preset="_timed")
-                    warm.append(1000 * (time.perf_counter() - t))
-                out["settings"][name]["ms_per_query_p50"] = round(float(np.median(ms)), 1)
-                out["settings"][name]["ms_per_query_mean"] = round(float(np.mean(ms)), 1)
-                out["settings"][name]["ms_per_query_p50_library_open"] = round(float(np.median(warm)), 1)
-                out["settings"][name]["timed_queries"] = len(ms)
-                out["settings"][name]["timed_verified"] = verified
-                print(name, "ms/query p50", round(float(np.median(ms)), 1), "mean", round(float(np.mean(ms)), 1))
-            rerank.PRESETS.pop("_timed", None)
+        if settings and args.timed > 0:  # cost per query of the settings above (needs their indexed library)
+            # cost per query through Library.query (new probes: the copies are not indexed)
+            model = lib.find_model()
+            _, paths, _ = folder_vectors(lib, model, str(Path(args.folder).resolve()))
+            with tempfile.TemporaryDirectory() as tmp:
+                chosen = sample_sources(paths, max(1, args.timed // 5), args.seed + 1)
+                kinds = ("crop_small", "screenshot", "combo_social", "perspective", "jpeg")
+                manifest = make_benchmark(chosen, tmp, kinds, seed=args.seed + 1, split=args.split)
+                lib.query([manifest[0]["copy"]], k=10)  # the network is loaded and traced once, not timed
+                for name, (p, top, gap) in settings.items():
+                    rerank.PRESETS["_timed"] = replace(p, name="_timed", verify_top=top, verify_gap=gap)
+                    ms, warm = [], []
+                    verified = 0
+                    for m in manifest:
+                        lib._verify_cache = None  # as `searcher query` in a new process: no features of the results yet
+                        t = time.perf_counter()
+                        (result,) = lib.query([m["copy"]], k=10, preset="_timed")
+                        ms.append(1000 * (time.perf_counter() - t))
+                        verified += any(h.verified is not None for h in result.results)
+                    lib._verify_cache = None
+                    for m in manifest:  # as `searcher serve`: the library stays open, results' features are kept
+                        t = time.perf_counter()
+                        lib.query([m["copy"]], k=10, preset="_timed")
+                        warm.append(1000 * (time.perf_counter() - t))
+                    out["settings"][name]["ms_per_query_p50"] = round(float(np.median(ms)), 1)
+                    out["settings"][name]["ms_per_query_mean"] = round(float(np.mean(ms)), 1)
+                    out["settings"][name]["ms_per_query_p50_library_open"] = round(float(np.median(warm)), 1)
+                    out["settings"][name]["timed_queries"] = len(ms)
+                    out["settings"][name]["timed_verified"] = verified
+                    print(name, "ms/query p50", round(float(np.median(ms)), 1), "mean", round(float(np.mean(ms)), 1))
+                rerank.PRESETS.pop("_timed", None)
         for extras in [int(x) for x in args.product.split(",") if x.strip()]:
             row = product_recall(lib, args, extras)
             out["settings"][f"query_thumbnails_{extras}"] = row
