@@ -221,6 +221,8 @@ def query(
 
       searcher query tulip.jpg --preset category # the same kind of flower, not the same photo
 
+      searcher query ~/photos/a.jpg --invariant none   # an indexed photo from its stored vector: fastest
+
     Exit code 1 when a probe cannot be read (the others are still answered). With --duplicates-only:
     exit code 0 when no probe is already in the library, 3 when some are.
     """
