@@ -193,12 +193,12 @@ def query(
             if row is None:
                 continue
             self_ids[p] = row.id
+            if not reuse_stored:
+                continue  # embedded below like a new photo: turned views and regions
             try:
                 entry = fingerprint(p)
             except OSError:
                 continue
-            if not reuse_stored:
-                continue  # embedded below like a new photo: turned views and regions
             if (row.size, row.mtime_ns, row.status) == (entry.size, entry.mtime_ns, STATUS_OK):
                 found = store.vectors_for(session, model.id, [row.id])
                 if row.id in found:
