@@ -430,7 +430,7 @@ def verified_head(
 
 
 def verify_and_order(
-    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float
+    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float, twins: bool = True
 ) -> tuple[list[int], list[Evidence]]:
     """Verify ``paths`` (the first results, in CNN order) against ``probe`` and order them as the
     default query does (:func:`verified_head`): the new order of their positions, and each one's
@@ -442,6 +442,11 @@ def verify_and_order(
     order = verified_head(
         [], [e.score for e in evidence], [e.inliers for e in evidence], copy_at, turned=[e.turned for e in evidence]
     )
+    if twins:  # a burst twin of the first result that the probe is a copy of comes first (searcher.twins)
+        from searcher.twins import settle_twins
+
+        tied = [e.score >= copy_at or e.inliers >= SPATIAL_INLIERS for e in evidence]
+        order = settle_twins(probe, paths, order, tied, cache, [e.turned for e in evidence])
     return order, evidence
 
 

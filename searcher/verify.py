@@ -36,7 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import cv2
 import numpy as np
@@ -316,17 +316,21 @@ def feature_cache_capacity(wanted: int, memory_share: float = 0.25) -> int:
     return max(4096, min(wanted, int(available * memory_share / FEATURE_BYTES)))
 
 
+_T = TypeVar("_T")
+
+
 class FeatureCache:
-    """An LRU cache of :class:`Features` by key (a path or content hash); thread-safe."""
+    """An LRU cache of :class:`Features` by key (a path or content hash); thread-safe. Other per-image
+    features (:mod:`searcher.twins`) share it under keys of their own, computed by their own ``compute``."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, Features | None] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(
-        self, key: str, path: str | None = None, compute: Callable[[str], Features | None] | None = None
-    ) -> Features | None:
+        self, key: str, path: str | None = None, compute: Callable[[str], _T | None] = features_of_path
+    ) -> _T | None:
         """Features of ``key``, computed from ``path`` (default: the key) on a miss by ``compute``
         (default :func:`features_of_path`); None if undecodable (or if ``compute`` says None)."""
         with self._lock:
@@ -334,7 +338,7 @@ class FeatureCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         try:
-            feats: Features | None = (compute or features_of_path)(path or key)
+            feats = compute(path or key)
         except (DecodeError, OSError, cv2.error):
             feats = None
         with self._lock:
