@@ -67,8 +67,15 @@ def main() -> None:
     )
     ap.add_argument("--backbone", default=None, help="backbone to measure (default: the library's default, Lite0)")
     ap.add_argument("--weights", default=None, help="its weights file, where they are not bundled")
+    ap.add_argument(
+        "--no-twins", action="store_true", help="without the burst-twin step (searcher.twins), to measure what it adds"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.no_twins:
+        from searcher import twins
+
+        twins.DEPTH = 1  # no result after the first is compared with it
 
     preset = rerank.DEFAULTS
     settings = {
@@ -80,6 +87,7 @@ def main() -> None:
     lib_dir = Path(tempfile.gettempdir()) / f"searcher-tune-{Path(args.folder).resolve().parent.name}"
     out: dict = {"folder": str(Path(args.folder).resolve()), "split": args.split, "sources": args.sources,
                  "seed": args.seed, "kinds": args.kinds or "all", "backbone": args.backbone or "library default",
+                 "twins": not args.no_twins,
                  "preset": {"verify_top": preset.verify_top, "verify_gap": str(preset.verify_gap),
                             "regional_margin": preset.regional_margin}, "settings": {}}  # fmt: skip
     with Library.open(lib_dir, create=True) as lib:
