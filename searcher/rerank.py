@@ -430,24 +430,22 @@ def verified_head(
 
 
 def verify_and_order(
-    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float, twins: bool = True
+    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float
 ) -> tuple[list[int], list[Evidence]]:
     """Verify ``paths`` (the first results, in CNN order) against ``probe`` and order them as the
     default query does (:func:`verified_head`): the new order of their positions, and each one's
     (verified score, homography inliers: :func:`searcher.verify.verified_evidence`; a probe with a
-    frame, such as a screenshot, has the picture inside it verified too)."""
+    frame, such as a screenshot, has the picture inside it verified too), then a burst twin of the first
+    result that the probe is a copy of put first (:func:`searcher.twins.settle_twins`)."""
+    from searcher.twins import settle_twins
     from searcher.verify import verified_evidence
 
     evidence = verified_evidence(probe, paths, cache, copy_at, SPATIAL_INLIERS, inside=True)
     order = verified_head(
         [], [e.score for e in evidence], [e.inliers for e in evidence], copy_at, turned=[e.turned for e in evidence]
     )
-    if twins:  # a burst twin of the first result that the probe is a copy of comes first (searcher.twins)
-        from searcher.twins import settle_twins
-
-        tied = [e.score >= copy_at or e.inliers >= SPATIAL_INLIERS for e in evidence]
-        order = settle_twins(probe, paths, order, tied, cache, [e.turned for e in evidence])
-    return order, evidence
+    tied = [e.score >= copy_at or e.inliers >= SPATIAL_INLIERS for e in evidence]
+    return settle_twins(probe, paths, order, tied, cache, [e.turned for e in evidence]), evidence
 
 
 def needs_verification(cosines: Sequence[float], top: int, gap: float) -> bool:

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from searcher.decode import open_image
-from searcher.verify import FeatureCache, cached_features, geometric_inliers
+from searcher.verify import FeatureCache, cached_by_file, cached_features, geometric_inliers
 
 TWIN_SIDE = 512  # longest side of a library picture's copy for the comparison
 PROBE_SIDE = 640  # and of the probe's (it may be a crop or a screenshot: more pixels for the same area)
@@ -50,7 +50,7 @@ PREFERENCE_MARGIN = 0.4  # both alignments must prefer the other shot by this mu
 # homography inliers between the two shots' working copies (searcher.verify) to look closer: on the tune samples
 # the pairs it reordered had 46 or more (one screenshot pair 13), and 40 runs ~40 % fewer tests than 30
 WORKING_INLIERS = 40
-DEPTH = 3  # the first result is compared with the tied results among the next DEPTH - 1
+DEPTH = 3  # the first result is compared with the tied results among the next DEPTH - 1 (1: the step is off)
 
 
 @dataclass
@@ -82,12 +82,7 @@ def twin_features_of_path(path: str, side: int = TWIN_SIDE) -> TwinFeatures:
 
 def cached_twin_features(cache: FeatureCache, path: str, side: int = TWIN_SIDE) -> TwinFeatures | None:
     """``path``'s :class:`TwinFeatures` from ``cache`` (a key that changes with the file); None if unreadable."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    key = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0twin{side}"
-    return cache.get(key, path, lambda p: twin_features_of_path(p, side))
+    return cached_by_file(cache, path, lambda p: twin_features_of_path(p, side), f"\0twin{side}")
 
 
 def _homography(src: TwinFeatures, dst: TwinFeatures, px: float) -> tuple[np.ndarray | None, np.ndarray]:
@@ -164,9 +159,9 @@ def _which(probe: np.ndarray, first: np.ndarray, second: np.ndarray, valid: np.n
     return (a - b) / (abs(a) + abs(b) + 1e-9)
 
 
-def twin_votes(probe: TwinFeatures, first: TwinFeatures, second: TwinFeatures) -> list[tuple[float, int]] | None:
+def _votes(probe: TwinFeatures, first: TwinFeatures, second: TwinFeatures) -> list[float] | None:
     """The vote (+1 ``first``, -1 ``second``) of each alignment of the probe (through the first shot,
-    then through the second) and that alignment's homography inliers; None: nothing can be said."""
+    then through the second); None: nothing can be said."""
     h_sf, pair_points = _homography(second, first, PAIR_PX)
     if h_sf is None or len(pair_points) < MIN_PAIR_INLIERS:
         return None
@@ -192,7 +187,7 @@ def twin_votes(probe: TwinFeatures, first: TwinFeatures, second: TwinFeatures) -
         vote = _which(p, a, b, valid)
         if vote is None:
             return None
-        votes.append((vote, len(seen)))
+        votes.append(vote)
     return votes
 
 
@@ -200,8 +195,8 @@ def twin_preference(probe: TwinFeatures, first: TwinFeatures, second: TwinFeatur
     """Whether ``probe`` is a copy of ``first`` (towards +1) or of ``second`` (towards -1): of the two
     alignments (through each shot), the one that favours ``second`` less; ``None`` when the two are not
     burst shots of one scene or the probe is not tied to both (then nothing can be said)."""
-    votes = twin_votes(probe, first, second)
-    return None if votes is None else max(v for v, _ in votes)
+    votes = _votes(probe, first, second)
+    return None if votes is None else max(votes)
 
 
 def settle_twins(

@@ -712,23 +712,27 @@ def geometric_inliers(fa: Features, fb: Features, min_matches: int = MIN_INLIERS
     return best
 
 
-def cached_features(cache: FeatureCache, path: str) -> Features | None:
-    """``path``'s features from ``cache``, under a key that changes with the file (size, mtime)."""
+def cached_by_file(
+    cache: FeatureCache, path: str, compute: Callable[[str], _T | None] = features_of_path, tag: str = ""
+) -> _T | None:
+    """``compute(path)`` from ``cache``, under a key that changes with the file (size, mtime) and names
+    what was computed (``tag``); ``None`` when the file is gone or cannot be read."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return cache.get(f"{path}\0{st.st_size}\0{st.st_mtime_ns}", path)
+    return cache.get(f"{path}\0{st.st_size}\0{st.st_mtime_ns}{tag}", path, compute)
+
+
+def cached_features(cache: FeatureCache, path: str) -> Features | None:
+    """``path``'s features from ``cache`` (:func:`cached_by_file`)."""
+    return cached_by_file(cache, path)
 
 
 def cached_inner_features(cache: FeatureCache, path: str) -> Features | None:
     """The features of the picture inside ``path``'s frame (:func:`inner_features_of_path`) from
     ``cache``; ``None`` when it has no frame or cannot be read."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return cache.get(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0inner", path, inner_features_of_path)
+    return cached_by_file(cache, path, inner_features_of_path, "\0inner")
 
 
 def probe_views(cache: FeatureCache, probe: str, inside: bool = True) -> list[Features]:
