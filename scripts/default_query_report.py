@@ -70,12 +70,25 @@ def main() -> None:
     ap.add_argument(
         "--no-twins", action="store_true", help="without the burst-twin step (searcher.twins), to measure what it adds"
     )
+    ap.add_argument(
+        "--no-corners", action="store_true",
+        help="without the corners of a photographed print or screen (searcher.frames.picture_quad)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--no-deeper", action="store_true", help="without verifying deeper when nothing in the first results is tied"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.no_twins:
         from searcher import twins
 
         twins.DEPTH = 1  # no result after the first is compared with it
+    if args.no_corners:
+        from searcher import frames
+
+        frames.picture_quad = lambda pixels: None  # type: ignore[assignment]  # boxes only, as before
+    if args.no_deeper:
+        rerank.DEFAULTS = rerank.PRESETS["instance"] = replace(rerank.DEFAULTS, verify_deeper=0)
 
     preset = rerank.DEFAULTS
     settings = {
@@ -87,8 +100,9 @@ def main() -> None:
     lib_dir = Path(tempfile.gettempdir()) / f"searcher-tune-{Path(args.folder).resolve().parent.name}"
     out: dict = {"folder": str(Path(args.folder).resolve()), "split": args.split, "sources": args.sources,
                  "seed": args.seed, "kinds": args.kinds or "all", "backbone": args.backbone or "library default",
-                 "twins": not args.no_twins,
+                 "twins": not args.no_twins, "corners": not args.no_corners, "deeper": not args.no_deeper,
                  "preset": {"verify_top": preset.verify_top, "verify_gap": str(preset.verify_gap),
+                            "verify_deeper": preset.verify_deeper,
                             "regional_margin": preset.regional_margin}, "settings": {}}  # fmt: skip
     with Library.open(lib_dir, create=True) as lib:
         for name, (p, top, gap) in settings.items():

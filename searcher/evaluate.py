@@ -450,7 +450,7 @@ def _digest(path: str) -> str:
 def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: RetrievalOptions) -> list[np.ndarray]:
     """(v, dim) probe vectors per image file, decoded and transformed as :meth:`Library.query` does
     (``options.invariant`` views, plus the same views of the inside of a frame when ``options.trim``)."""
-    from searcher import rerank
+    from searcher import frames, rerank
     from searcher.decode import load_for_model, open_image
     from searcher.querying import full_picture
 
@@ -467,7 +467,7 @@ def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: Retrie
 
             pixels, _ = load_for_model(p, embedder.input_size)
             original = full_picture(p, embedder.input_size)  # as Library.query: cut at full detail
-            inner = rerank.inner_picture(pixels, original)[0] if options.trim and len(kinds) > 1 else None
+            inner = frames.inner_picture(pixels, original)[0] if options.trim and len(kinds) > 1 else None
             views = pixels[None] if inner is None else np.stack([pixels, inner])  # as Library.query
             found = region_vectors(embedder.feature_maps(views))
             have["regions"] = found.reshape(-1, found.shape[-1])
@@ -475,7 +475,7 @@ def _embed_paths(lib: Library, model: Any, paths: Sequence[str], options: Retrie
             if options.stored_vectors:
                 pixels, _ = load_for_model(p, embedder.input_size)
                 original = full_picture(p, embedder.input_size)
-                inner, framed = rerank.inner_picture(pixels, original) if options.trim else (None, False)
+                inner, framed = frames.inner_picture(pixels, original) if options.trim else (None, False)
                 views = []
                 for k in todo:
                     base = pixels if not k.startswith("trim:") else inner

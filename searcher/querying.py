@@ -45,6 +45,7 @@ def verified_order(
     cache: FeatureCache,
     copy_at: float = 1.0,
     extra: Sequence[Hit] = (),
+    deeper: int = 0,
 ) -> list[Hit]:
     """``hits`` with the first ``top`` re-ranked by pixel verification against ``probe``
     (:func:`searcher.rerank.verified_head`: copies, verified score at least ``copy_at``, first; then
@@ -52,23 +53,31 @@ def verified_order(
     rest follow unchanged. ``extra``: more candidates (thumbnail neighbours the CNN ranked lower,
     :func:`thumbnail_candidates`), verified with the head and kept only when they are copies, a
     homography ties them to the probe, or they verify at :data:`EXTRA_VERIFIED` or more, ordered
-    with the head; the list keeps its length."""
-    from searcher.rerank import SPATIAL_INLIERS, verify_and_order
+    with the head. ``deeper``: when verification ties none of those to the probe, the next
+    ``deeper`` hits are verified too, and those it ties join the head (an original the CNN ranked
+    11th-30th: a photo of a cropped print, a shaky watermarked copy). The list keeps its length."""
+    from searcher.rerank import is_tied, verify_and_order
 
     head, tail = hits[:top], hits[top:]
     tried = [*head, *extra]
     order, evidence = verify_and_order(probe, [h.path for h in tried], cache, copy_at)
+    shallow = len(tried)
+    if deeper > 0 and tail and not any(is_tied(e, copy_at) for e in evidence):
+        tried += tail[:deeper]
+        order, evidence = verify_and_order(probe, [h.path for h in tried], cache, copy_at, known=evidence)
     for hit, (score, inliers, _) in zip(tried, evidence, strict=True):
         hit.verified = score
         hit.inliers = inliers if score < copy_at else None
     # an extra joins when it is a copy, a homography ties it to the probe (a blurred, watermarked copy),
-    # or it verifies well for a look-alike (a shaky copy with too few local features left to match)
+    # or it verifies well for a look-alike (a shaky copy with too few local features left to match);
+    # a deeper hit only when it is tied
     joins = [
-        j < len(head) or score >= min(copy_at, EXTRA_VERIFIED) or inliers >= SPATIAL_INLIERS
-        for j, (score, inliers, _) in enumerate(evidence)
+        j < len(head) or is_tied(e, copy_at) or (j < shallow and e.score >= min(copy_at, EXTRA_VERIFIED))
+        for j, e in enumerate(evidence)
     ]
     head = [tried[j] for j in order if joins[j]]
-    ranked = [*head, *tail][: len(hits)]
+    joined = {id(h) for h in head}
+    ranked = [*head, *(h for h in tail if id(h) not in joined)][: len(hits)]
     for rank, hit in enumerate(ranked, 1):
         hit.rank = rank
     return ranked
@@ -247,13 +256,15 @@ def query(
     results: dict[str, list[Hit]] = {}
     if ok:
         exclude = [None if include_self else self_ids.get(p) for p in ok]
-        found = lib.search_probes(
-            [vectors[p] for p in ok], k, model=model, exclude=exclude, settings=settings,
-            probe_regions=[probe_regions.get(p) for p in ok], regional_margin=chosen.regional_margin,
-        )  # fmt: skip
-        results = dict(zip(ok, found, strict=True))
         top = chosen.verify_top if verify is None else verify
         gap = chosen.verify_gap if verify is None else float("inf")
+        deeper = chosen.verify_deeper if top > 0 and verify is None else 0  # the default looks deeper when it must
+        found = lib.search_probes(
+            [vectors[p] for p in ok], max(k, top + deeper) if deeper else k, model=model, exclude=exclude,
+            settings=settings, probe_regions=[probe_regions.get(p) for p in ok],
+            regional_margin=chosen.regional_margin,
+        )  # fmt: skip
+        results = dict(zip(ok, found, strict=True))
         todo_verify = {p for p, hits in results.items() if rerank.needs_verification([h.score for h in hits], top, gap)}
         if todo_verify:
             from searcher.duplicates import thresholds_for
@@ -262,14 +273,15 @@ def query(
             cache = lib.verify_cache()  # queries of one open library share their results' features
             for p in todo_verify:
                 skip = None if include_self else self_ids.get(p)
-                extra = thumbnail_candidates(lib, model, p, vectors[p], results[p], cache, skip)
-                results[p] = verified_order(p, results[p], top, cache, copy_at, extra)
+                extra = thumbnail_candidates(lib, model, p, vectors[p], results[p][:k], cache, skip)
+                results[p] = verified_order(p, results[p], top, cache, copy_at, extra, deeper)
+        results = {p: hits[:k] for p, hits in results.items()}
     return [QueryResult(p, results.get(p, []), errors.get(p), embedded=p in embedded) for p in probe_paths]
 
 
 def full_picture(path: str, input_size: tuple[int, int]) -> Callable[[], Image.Image | None]:
     """A function that decodes ``path`` large enough to cut the picture inside its frame at full
-    detail (:func:`searcher.rerank.inner_picture`; called only for probes that have a frame), or
+    detail (:func:`searcher.frames.inner_picture`; called only for probes that have a frame), or
     returns None when it can no longer be read (then the model input is cut instead)."""
 
     def load() -> Image.Image | None:

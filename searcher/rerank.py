@@ -32,6 +32,8 @@ import faiss
 import numpy as np
 from PIL import Image
 
+from searcher.frames import Original, inner_picture
+
 if TYPE_CHECKING:
     from searcher.verify import Evidence, FeatureCache
 
@@ -99,158 +101,6 @@ _ARRAY_OPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "transpose": lambda a: a.transpose(1, 0, 2),
     "transverse": lambda a: np.rot90(a, 2).transpose(1, 0, 2),
 }
-
-
-def border_box(
-    pixels: np.ndarray, tolerance: int = 18, min_px: int = 3, max_fraction: float = 0.3
-) -> tuple[int, int, int, int] | None:
-    """``(top, bottom, left, right)`` of the picture inside a solid frame or letterbox bars, or
-    ``None`` when there is none (a frame on all four sides, or bars on two opposite sides, at least
-    ``min_px`` thick and of one colour)."""
-    h, w = pixels.shape[:2]
-    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    colour = np.median(ring, axis=0).astype(np.float32)
-
-    def thickness(lines: np.ndarray) -> int:
-        # a line belongs to the frame when 95 % of its pixels are within tolerance of the frame colour
-        off = np.abs(lines.astype(np.float32) - colour)
-        close = np.maximum(np.maximum(off[..., 0], off[..., 1]), off[..., 2]) <= tolerance  # (n_lines, length)
-        solid = np.mean(close, axis=1) >= 0.95
-        return int(np.argmin(solid)) if not solid.all() else len(solid)
-
-    limit_h, limit_w = int(h * max_fraction), int(w * max_fraction)
-    top = thickness(pixels[:limit_h])
-    bottom = thickness(pixels[::-1][:limit_h])
-    left = thickness(pixels[:, :limit_w].transpose(1, 0, 2))
-    right = thickness(pixels[:, ::-1][:, :limit_w].transpose(1, 0, 2))
-    vertical = top >= min_px and bottom >= min_px and top < limit_h and bottom < limit_h
-    horizontal = left >= min_px and right >= min_px and left < limit_w and right < limit_w
-    if not (vertical or horizontal):
-        return None
-    t, b = (top, bottom) if vertical else (0, 0)
-    lft, rgt = (left, right) if horizontal else (0, 0)
-    return t, h - b, lft, w - rgt
-
-
-def trim_border(pixels: np.ndarray, **options: int | float) -> np.ndarray | None:
-    """The picture inside a solid frame or letterbox bars (:func:`border_box`), resized back to the
-    input's shape; or ``None`` when there is none. Probes with a frame are also searched without
-    it: a framed copy then finds its unframed source."""
-    box = border_box(pixels, **options)  # type: ignore[arg-type]
-    if box is None:
-        return None
-    t, b, lft, rgt = box
-    h, w = pixels.shape[:2]
-    return np.asarray(Image.fromarray(pixels[t:b, lft:rgt]).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def _longest_run(mask: np.ndarray, gap: int) -> tuple[int, int]:
-    """(start, end) of the longest run of True in ``mask`` (the first of equals), bridging runs of
-    False up to ``gap``."""
-    idx = np.flatnonzero(mask)
-    if len(idx) == 0:
-        return (0, 0)
-    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
-    starts = idx[np.r_[0, breaks + 1]]
-    ends = idx[np.r_[breaks, len(idx) - 1]] + 1
-    j = int(np.argmax(ends - starts))
-    return int(starts[j]), int(ends[j])
-
-
-def picture_box(
-    pixels: np.ndarray, min_area: float = 0.04, max_area: float = 0.85, share: float = 0.05
-) -> tuple[int, int, int, int] | None:
-    """``(top, bottom, left, right)`` of a picture shown inside a busy frame (a screenshot of an
-    app or web page: bars, flat background, captions), or ``None``. The frame's colours are those
-    covering at least ``share`` of the outer ring of pixels (colours quantised to 16 levels); the
-    picture is the longest band of rows mostly of other colours, narrowed to its columns that are.
-    Captions are thin and broken, so their rows do not count; neither does a box whose surroundings
-    are mostly not frame colours (a plain photo)."""
-    h, w = pixels.shape[:2]
-    q = (pixels // 16).astype(np.int32)
-    code = (q[..., 0] << 8) | (q[..., 1] << 4) | q[..., 2]
-    ring = np.concatenate([code[0], code[-1], code[:, 0], code[:, -1]])
-    values, counts = np.unique(ring, return_counts=True)
-    frame = values[counts >= share * len(ring)]
-    if len(frame) == 0:
-        return None
-    content = ~np.isin(code, frame)
-    rows = _longest_runs(content, max(1, w // 100)) >= 0.15 * w  # a stretch of picture, not a caption
-    top, bottom = _longest_run(rows, gap=max(1, h // 100))
-    if bottom - top < max(8, h // 12):
-        return None
-    cols = content[top:bottom].mean(axis=0) >= 0.5
-    left, right = _longest_run(cols, gap=max(1, w // 100))
-    area = (bottom - top) * (right - left) / (h * w)
-    if right - left < max(8, w // 12) or not min_area <= area <= max_area:
-        return None
-    if area < 0.1 and (top == 0 or bottom == h):  # a small picture lies inside the screen, not at its edge
-        return None
-    outside = np.ones((h, w), bool)
-    outside[top:bottom, left:right] = False
-    if content[outside].mean() > 0.3:  # what surrounds the "picture" is not a frame (a plain photo)
-        return None
-    return top, bottom, left, right
-
-
-def _longest_runs(mask: np.ndarray, gap: int) -> np.ndarray:
-    """Per row of a 2-D ``mask``: the length of its longest run of True (gaps up to ``gap`` bridged),
-    as :func:`_longest_run` of each row, for all rows at once."""
-    rows, cols = np.nonzero(mask)
-    out = np.zeros(mask.shape[0], np.int64)
-    if len(rows) == 0:
-        return out
-    new_run = np.r_[True, (np.diff(rows) != 0) | (np.diff(cols) > gap + 1)]
-    starts = np.flatnonzero(new_run)
-    ends = np.r_[starts[1:], len(rows)] - 1
-    np.maximum.at(out, rows[starts], cols[ends] - cols[starts] + 1)
-    return out
-
-
-Box = tuple[float, float, float, float]  # (top, bottom, left, right) as fractions of the height and width
-
-
-def inner_box(pixels: np.ndarray) -> tuple[Box, bool] | None:
-    """Where the picture inside a frame lies, as fractions of the height and width (so the same box
-    crops the full-resolution original): inside a solid frame (:func:`border_box`) or else inside a
-    busy one such as a screenshot (:func:`picture_box`); and whether it came from a solid frame
-    (then its turned views count too; a screenshot is upright). ``None`` when neither."""
-    box, framed = border_box(pixels), True
-    if box is None:
-        box, framed = picture_box(pixels), False
-    if box is None:
-        return None
-    h, w = pixels.shape[:2]
-    t, b, lft, rgt = box
-    return (t / h, b / h, lft / w, rgt / w), framed
-
-
-def crop_fraction(image: Image.Image, box: Box) -> Image.Image:
-    """``image`` cropped to ``box`` (fractions of its height and width: :func:`inner_box`)."""
-    w, h = image.size
-    t, b, lft, rgt = box
-    x0, y0 = round(lft * w), round(t * h)
-    return image.crop((x0, y0, max(round(rgt * w), x0 + 1), max(round(b * h), y0 + 1)))
-
-
-Original = Image.Image | Callable[[], Image.Image | None]
-
-
-def inner_picture(pixels: np.ndarray, original: Original | None = None) -> tuple[np.ndarray | None, bool]:
-    """The picture inside a frame (:func:`inner_box`) resized to the input's shape (``None`` when
-    there is none), and whether the frame was solid. With ``original`` (the decoded picture that
-    ``pixels`` were resized from, or a function that decodes it: called only when there is a
-    frame), the picture is cut from it at full resolution: a picture that fills a fifth of a phone
-    screenshot keeps its detail, where cut from the model input it would be enlarged from a few
-    dozen rows."""
-    found = inner_box(pixels)
-    if found is None:
-        return None, False
-    box, framed = found
-    source = original() if callable(original) else original
-    h, w = pixels.shape[:2]
-    crop = crop_fraction(source if source is not None else Image.fromarray(pixels), box)
-    return np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8), framed
 
 
 def probe_views(
@@ -393,6 +243,9 @@ class Preset:
     # ``verify_top`` are verified when the first two cosines differ by less than ``verify_gap``
     verify_top: int = 0
     verify_gap: float = float("inf")
+    # when verification ties none of the first ``verify_top`` (nor the thumbnail neighbours) to the
+    # probe, the next ``verify_deeper`` results are verified too (:func:`searcher.querying.verified_order`)
+    verify_deeper: int = 0
     # regional probes (:mod:`searcher.regions`): a new probe's regions (windows of its feature map,
     # from the same forward pass) are searched against the global vectors too, each image keeping
     # max(global, regional - regional_margin); ``None``: off
@@ -430,22 +283,29 @@ def verified_head(
 
 
 def verify_and_order(
-    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float
+    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float, known: Sequence[Evidence] = ()
 ) -> tuple[list[int], list[Evidence]]:
     """Verify ``paths`` (the first results, in CNN order) against ``probe`` and order them as the
     default query does (:func:`verified_head`): the new order of their positions, and each one's
     (verified score, homography inliers: :func:`searcher.verify.verified_evidence`; a probe with a
     frame, such as a screenshot, has the picture inside it verified too), then a burst twin of the first
-    result that the probe is a copy of put first (:func:`searcher.twins.settle_twins`)."""
+    result that the probe is a copy of put first (:func:`searcher.twins.settle_twins`). ``known``: the
+    evidence of the first paths, verified already."""
     from searcher.twins import settle_twins
     from searcher.verify import verified_evidence
 
-    evidence = verified_evidence(probe, paths, cache, copy_at, SPATIAL_INLIERS, inside=True)
+    known = list(known[: len(paths)])
+    evidence = known + verified_evidence(probe, paths[len(known) :], cache, copy_at, SPATIAL_INLIERS, inside=True)
     order = verified_head(
         [], [e.score for e in evidence], [e.inliers for e in evidence], copy_at, turned=[e.turned for e in evidence]
     )
-    tied = [e.score >= copy_at or e.inliers >= SPATIAL_INLIERS for e in evidence]
+    tied = [is_tied(e, copy_at) for e in evidence]
     return settle_twins(probe, paths, order, tied, cache, [e.turned for e in evidence]), evidence
+
+
+def is_tied(evidence: Evidence, copy_at: float) -> bool:
+    """Whether verification ties a result to the probe: a copy, or what one homography explains."""
+    return evidence.score >= copy_at or evidence.inliers >= SPATIAL_INLIERS
 
 
 def needs_verification(cosines: Sequence[float], top: int, gap: float) -> bool:
@@ -478,6 +338,7 @@ PRESETS: dict[str, Preset] = {
         "instance",
         "the same scene, object or photo (edited, re-framed or turned copies)",
         verify_top=10,
+        verify_deeper=20,
         regional_margin=-0.02,
     ),
     "category": Preset(

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from searcher.decode import DecodeError, open_image
+from searcher.frames import cut_inside, inner_box
 from searcher.thumbnails import THUMB_SIDE, thumbnail_vector
 
 WORK_SIDE = 320  # longest side of the grey working copy
@@ -286,11 +287,9 @@ INNER_DETECT_SIDE = 320  # longest side of the copy the picture inside a frame i
 
 def inner_features_of_path(path: str | os.PathLike[str]) -> Features | None:
     """Features of the picture inside ``path``'s frame (a screenshot's picture, a photo in a solid
-    frame or letterbox: :func:`searcher.rerank.inner_box`, looked for on a copy whose longest side
-    is :data:`INNER_DETECT_SIDE`), cut from the decoded original; ``None`` when it has no frame.
-    Raises DecodeError."""
-    from searcher.rerank import crop_fraction, inner_box
-
+    frame or letterbox, a photographed print cut out straight: :func:`searcher.frames.inner_box`,
+    looked for on a copy whose longest side is :data:`INNER_DETECT_SIDE`), cut from the decoded
+    original; ``None`` when it has no frame. Raises DecodeError."""
     decoded = open_image(path, min_side=WORK_SIDE)
     img = decoded.image
     f = INNER_DETECT_SIDE / max(img.size)
@@ -298,7 +297,7 @@ def inner_features_of_path(path: str | os.PathLike[str]) -> Features | None:
     found = inner_box(np.asarray(small, dtype=np.uint8))
     if found is None:
         return None
-    crop = crop_fraction(img, found[0])
+    crop = cut_inside(img, found[0])
     return features_of_image(crop, round(max(crop.size) * decoded.width / img.width))
 
 

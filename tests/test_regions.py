@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from searcher import Library, regions, rerank
+from searcher import Library, frames, regions, rerank
 
 
 def test_region_boxes_of_a_7x7_map_are_13_squares_inside_it() -> None:
@@ -84,33 +84,6 @@ def test_merge_regional_promotes_a_clearly_better_region_only() -> None:
     assert tie.ids.tolist() == [1, 2, 3]
 
 
-def test_picture_box_finds_the_picture_in_screenshots_and_not_in_plain_photos(sample_photos: Path) -> None:
-    from searcher.decode import load_for_model
-    from searcher.edits import apply_edit
-
-    def corr(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.corrcoef(a.astype(float).ravel(), b.astype(float).ravel())[0, 1])
-
-    names = sorted(p.name for p in sample_photos.iterdir() if p.suffix in (".jpg", ".png"))
-    found, false_boxes = 0, []
-    for n, name in enumerate(names):
-        pixels, decoded = load_for_model(sample_photos / name, (224, 224))
-        if rerank.picture_box(pixels) is not None:
-            false_boxes.append(name)
-        shot = apply_edit(decoded.image, "screenshot", np.random.default_rng(n))
-        shot_pixels = np.asarray(shot.resize((224, 224), Image.Resampling.BILINEAR))
-        box = rerank.picture_box(shot_pixels)
-        if box is None:
-            continue
-        found += 1
-        t, b, left, right = box
-        back = np.asarray(Image.fromarray(shot_pixels[t:b, left:right]).resize((224, 224)))
-        # the box holds the picture: resized back, it correlates with the photo; the screenshot does not
-        assert corr(back, pixels) > corr(shot_pixels, pixels) + 0.1, name
-    assert found >= 0.8 * len(names), found
-    assert len(false_boxes) <= 1, false_boxes  # (the retina photo sits on black: a frame indeed)
-
-
 def test_default_query_finds_the_source_of_a_screenshot_a_plain_query_misses(
     holidays_subset: dict, tmp_path: Path
 ) -> None:
@@ -157,7 +130,7 @@ def test_a_framed_probe_also_searches_the_regions_of_the_picture_inside(holidays
         pixels, _ = load_for_model(str(shot), embedder.input_size)
     # the picture is cut from the decoded screenshot at full detail, not from the model input
     original = open_image(str(shot), min_side=4 * max(embedder.input_size)).image
-    inner, framed = rerank.inner_picture(pixels, original)
+    inner, framed = frames.inner_picture(pixels, original)
     assert inner is not None and not framed  # found as a screenshot's picture
     expected = regions.region_vectors(embedder.feature_maps(np.stack([pixels, inner])))
     per_view = expected.shape[1]  # 13 windows of a 7 x 7 map
@@ -176,8 +149,8 @@ def test_the_picture_inside_a_phone_screenshot_is_cut_at_full_detail(holidays_su
     shot = apply_edit(source, "combo_screenshot_share", np.random.default_rng(2))
     assert shot.height > shot.width  # a phone screen
     pixels = np.asarray(shot.resize((224, 224), Image.Resampling.BILINEAR))
-    coarse, framed = rerank.inner_picture(pixels)
-    fine, framed_too = rerank.inner_picture(pixels, lambda: shot)
+    coarse, framed = frames.inner_picture(pixels)
+    fine, framed_too = frames.inner_picture(pixels, lambda: shot)
     assert coarse is not None and fine is not None and not framed and not framed_too
     assert fine.shape == coarse.shape == pixels.shape
     target, _ = load_for_model(holidays_subset["folder"] / "102200.jpg", (224, 224))

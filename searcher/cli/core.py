@@ -193,8 +193,9 @@ def query(
             min=0,
             help="Re-rank the first N results by pixel verification (local features + geometry), best first, "
             "with a 'verified' score (1 = the same picture): finds the original of an edited copy. ~20 ms a result. "
-            "Default: as the preset says (instance: the first 10 of every query; copies first, then what a "
-            "homography ties to the probe, with its 'inliers'); 0 = off.",
+            "Default: as the preset says (instance: the first 10 of every query, and the next 20 when none of "
+            "those is tied to the probe; copies first, then what a homography ties to the probe, with its "
+            "'inliers'); 0 = off.",
         ),
     ] = None,
     dirs: Annotated[list[Path] | None, typer.Option("--dir", help="Folder of probe images (repeatable).")] = None,
