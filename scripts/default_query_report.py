@@ -110,7 +110,7 @@ def main() -> None:
             t = time.monotonic()
             nd = near_duplicate_benchmark(
                 lib, args.folder, sources=args.sources, kinds=KIND_SETS["wide"], seed=args.seed, options=options,
-                verify_top=top, verify_gap=gap, split=args.split,
+                verify_top=top, verify_gap=gap, split=args.split, verify_deeper=p.verify_deeper if top else 0,
             )  # fmt: skip
             row = {
                 "recall@1": nd.overall["recall@1"],
@@ -124,7 +124,8 @@ def main() -> None:
             }
             if args.groundtruth:
                 report = evaluate_folder(
-                    lib, args.folder, GroundTruth.load(args.groundtruth), options, verify_top=top, verify_gap=gap
+                    lib, args.folder, GroundTruth.load(args.groundtruth), options, verify_top=top, verify_gap=gap,
+                    verify_deeper=p.verify_deeper if top else 0,
                 )
                 row["holidays_mAP"] = round(report.metrics.map, 4)
             out["settings"][name] = row
@@ -170,6 +171,7 @@ def main() -> None:
             report = evaluate_folder(
                 lib, args.folder, GroundTruth.load(args.groundtruth), options, backbone=args.backbone,
                 weights=args.weights, verify_top=preset.verify_top, verify_gap=preset.verify_gap,
+                verify_deeper=preset.verify_deeper,
             )  # fmt: skip
             out["holidays_mAP_default_query"] = round(report.metrics.map, 4)
             out["seconds_mAP"] = round(time.monotonic() - t, 1)

@@ -528,12 +528,14 @@ def evaluate_folder(
     progress: Progress | None = None,
     verify_top: int = 0,
     verify_gap: float = float("inf"),
+    verify_deeper: int = 0,
 ) -> EvalReport:
     """Index ``folder`` (only new work; ``index=False`` uses what is there), then rank every query of
     ``groundtruth`` against every other image of the folder and score the rankings.
 
-    ``verify_top``, ``verify_gap``: re-rank the first results by pixel verification as the default
-    query does (:func:`searcher.rerank.needs_verification`, :func:`searcher.rerank.verify_and_order`)."""
+    ``verify_top``, ``verify_gap``, ``verify_deeper``: re-rank the first results by pixel verification as
+    the default query does (:func:`searcher.rerank.needs_verification`, :func:`searcher.rerank.verify_and_order`;
+    the next ``verify_deeper`` when none of the first is tied to the probe)."""
     from searcher.rerank import needs_verification
 
     options = options or RetrievalOptions()
@@ -577,7 +579,7 @@ def evaluate_folder(
         ranked = ranker.rank(variants, exclude=[int(ids[r])], probe_regions=own)
         rankings[q] = ranked.ids
         if verifier is not None and needs_verification(ranker.plain_scores(variants, ranked), verify_top, verify_gap):
-            rankings[q], _ = verifier.rerank(paths[r], ranked.ids, path_of, verify_top)
+            rankings[q], _ = verifier.rerank(paths[r], ranked.ids, path_of, verify_top, verify_deeper)
         positives[q] = {int(ids[row_of[found[p]]]) for p in groundtruth.queries[q] if p in found}
     seconds["rank"] = time.monotonic() - started
     metrics = score_rankings(rankings, positives, ks)
@@ -659,6 +661,7 @@ def near_duplicate_benchmark(
     verify_top: int = 0,
     split: str | None = None,
     verify_gap: float = float("inf"),
+    verify_deeper: int = 0,
 ) -> NearDuplicateReport:
     """Edited copies (:func:`searcher.edits.make_benchmark`) of ``sources`` photos sampled from
     ``folder`` (or of the named ones) query the folder (sources + every other image as distractors; the copies are not
@@ -670,7 +673,8 @@ def near_duplicate_benchmark(
     ``split``: ``"tune"`` or ``"report"`` parameters of the edits (:data:`searcher.edits.SPLITS`;
     report figures on ``"report"``, tune on ``"tune"``); ``None``: the whole ranges.
     ``verify_gap``: verify only when the two best cosines of the first ``verify_top`` are closer
-    than this (the default query's rule, :func:`searcher.rerank.needs_verification`)."""
+    than this (the default query's rule, :func:`searcher.rerank.needs_verification`); ``verify_deeper``:
+    the next results verified when none of the first is tied to the probe (the default query's 20)."""
     import tempfile
 
     from searcher.edits import EDIT_KINDS, make_benchmark
@@ -718,7 +722,7 @@ def near_duplicate_benchmark(
         ranker = Ranker(ids, vectors, options)
         verifier = _Verifier(th.verified) if verify_top else None
         for entry, variants, own in zip(manifest, probes, probe_regions, strict=True):
-            ranked = ranker.rank(variants, k=10, probe_regions=own)
+            ranked = ranker.rank(variants, k=10 + (verify_deeper if verify_top else 0), probe_regions=own)
             order = ranked.ids
             if verifier is not None and not needs_verification(
                 ranker.plain_scores(variants, ranked), verify_top, verify_gap
@@ -726,7 +730,7 @@ def near_duplicate_benchmark(
                 found_at_threshold[entry["kind"]].append(False)  # not verified: not called a copy
             elif verifier is not None:
                 verified_queries += 1
-                order, verified = verifier.rerank(entry["copy"], order, path_of, verify_top)
+                order, verified = verifier.rerank(entry["copy"], order, path_of, verify_top, verify_deeper)
                 cosine = dict(zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True))
                 called = {i for i, v in verified.items() if v >= th.verified and cosine[i] >= th.candidate_cosine}
                 found_at_threshold[entry["kind"]].append(id_of[entry["source"]] in called)
@@ -739,7 +743,7 @@ def near_duplicate_benchmark(
                             "verified": verified[i],
                         }
                     )
-            where = np.flatnonzero(order == id_of[entry["source"]])
+            where = np.flatnonzero(order[:10] == id_of[entry["source"]])
             rank = int(where[0]) if len(where) else 10
             hits[entry["kind"]].append(rank)
             if rank:
@@ -798,12 +802,22 @@ class _Verifier:
         self.copy_at = copy_at
 
     def rerank(
-        self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int
+        self, probe: str, order: np.ndarray, path_of: Mapping[int, str], top: int, deeper: int = 0
     ) -> tuple[np.ndarray, dict[int, float]]:
-        """The new order, and the verified score of each of the first ``top`` ids."""
-        from searcher.rerank import verify_and_order
+        """The new order, and the verified score of each id verified: the first ``top``, and the next
+        ``deeper`` when none of those is tied to the probe (those tied join the head, as
+        :func:`searcher.querying.verified_order` does)."""
+        from searcher.rerank import is_tied, verify_and_order
 
-        head = [int(i) for i in order[:top]]
-        best, evidence = verify_and_order(probe, [path_of[i] for i in head], self.cache, self.copy_at)
-        new_order = np.asarray([head[j] for j in best] + [int(i) for i in order[top:]], np.int64)
-        return new_order, {i: e.score for i, e in zip(head, evidence, strict=True)}
+        tried = [int(i) for i in order[:top]]
+        best, evidence = verify_and_order(probe, [path_of[i] for i in tried], self.cache, self.copy_at)
+        head = len(tried)
+        if deeper > 0 and not any(is_tied(e, self.copy_at) for e in evidence):
+            tried += [int(i) for i in order[top : top + deeper]]
+            best, evidence = verify_and_order(
+                probe, [path_of[i] for i in tried], self.cache, self.copy_at, known=evidence
+            )  # fmt: skip
+        joined = [tried[j] for j in best if j < head or is_tied(evidence[j], self.copy_at)]
+        taken = set(joined)
+        new_order = np.asarray(joined + [int(i) for i in order[top:] if int(i) not in taken], np.int64)
+        return new_order, {i: e.score for i, e in zip(tried, evidence, strict=True)}

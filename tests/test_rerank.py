@@ -329,3 +329,41 @@ def test_default_query_finds_the_source_of_a_photo_of_a_print(holidays_subset: d
     assert others and max(h.inliers for h in others) < first.inliers
     assert {h.path for h in default.results} == {h.path for h in plain.results}  # re-ordered, not replaced
     assert default.as_dict()["results"][0]["inliers"] == first.inliers
+
+
+def test_the_default_query_looks_deeper_only_when_nothing_verified_is_tied(
+    holidays_subset: dict, tmp_path: Path
+) -> None:
+    """``verified_order(..., deeper=N)``: when none of the first results is tied to the probe, the next
+    N are verified too and the original found there comes first; when one is, nothing more is verified."""
+    import dataclasses
+
+    from searcher import querying
+    from searcher.duplicates import thresholds_for
+    from searcher.verify import FeatureCache
+
+    source = holidays_subset["folder"] / "100000.jpg"
+    group = next(g for g in holidays_subset["groups"] if "100000.jpg" in g)
+    probe = tmp_path / "copy.jpg"
+    apply_edit(Image.open(source).convert("RGB"), "combo_web", np.random.default_rng(0)).save(probe, quality=85)
+    with Library.open(holidays_subset["library"]) as lib:
+        copy_at = thresholds_for(lib.find_model()).verified
+        (plain,) = lib.query([probe], k=40, verify=0)
+        original = next(h for h in plain.results if h.path == str(source))
+        others = [h for h in plain.results if Path(h.path).name not in group]
+        hits = [*others[:10], original, *others[10:25]]  # as if the CNN had ranked the original 11th
+
+        def fresh() -> list:
+            return [dataclasses.replace(h, verified=None, inliers=None) for h in hits]
+
+        shallow = querying.verified_order(str(probe), fresh(), 10, FeatureCache(), copy_at)
+        assert shallow[10].path == str(source) and shallow[10].verified is None
+        deep = querying.verified_order(str(probe), fresh(), 10, FeatureCache(), copy_at, deeper=20)
+        assert deep[0].path == str(source) and deep[0].verified >= copy_at
+        assert len(deep) == len(hits) and len({h.path for h in deep}) == len(hits)  # moved, not repeated
+        assert [h.rank for h in deep] == list(range(1, len(hits) + 1))
+        tied_first = [original, *others[:24]]  # the original among the first: nothing deeper is verified
+        tied_first = [dataclasses.replace(h, verified=None, inliers=None) for h in tied_first]
+        ranked = querying.verified_order(str(probe), tied_first, 10, FeatureCache(), copy_at, deeper=20)
+        assert ranked[0].path == str(source)
+        assert all(h.verified is None for h in ranked[10:])
