@@ -138,8 +138,9 @@ Box = tuple[float, float, float, float]  # (top, bottom, left, right) as fractio
 # background is what a flood fill from the edge of the frame reaches, stepping between neighbours that
 # differ by at most QUAD_STEP grey levels per channel (glare and shading are smooth) and stopped by the
 # picture's edges (Canny, QUAD_CANNY thresholds, on any channel). Chosen on the 'tune' copies of the
-# widened benchmark (seed 2): 113 of 120 photos of a screen, 109 of 120 photos of a cropped print found;
-# 1 false find in 427 plain photos (holidays-dev and sample-photos).
+# widened benchmark (seed 2; Canny (15, 40) to (80, 200) and steps 2-10 tried): 114 of 120 photos of a screen or
+# print and 109 of 120 photos of a cropped print found (~6 ms a picture on 2 cores); 1 false find in 441
+# plain photos (holidays-dev and sample-photos).
 QUAD_SIDE = 256
 QUAD_BLUR = 1.5
 QUAD_STEP = 3
@@ -198,6 +199,14 @@ def _four_sides(polygon: np.ndarray) -> np.ndarray | None:
     return np.asarray(corners)
 
 
+def _clockwise(corners: np.ndarray) -> np.ndarray:
+    """Four corners (x, y fractions) in the order top-left, top-right, bottom-right, bottom-left: by
+    angle around their centre (clockwise on screen), starting from the one nearest the top-left."""
+    centre = corners.mean(axis=0)
+    ring = corners[np.argsort(np.arctan2(corners[:, 1] - centre[1], corners[:, 0] - centre[0]))]
+    return np.clip(np.roll(ring, -int(np.argmin(ring.sum(axis=1))), axis=0), 0.0, 1.0)
+
+
 def picture_quad(pixels: np.ndarray) -> Quad | None:
     """The corners of a picture photographed at an angle on a background (a print on a table, a
     screen), or ``None``: the largest region the background surrounds (:func:`_background`), which
@@ -205,7 +214,11 @@ def picture_quad(pixels: np.ndarray) -> Quad | None:
     (:data:`QUAD_SOLIDITY`) and is a quadrilateral (its hull simplified to four sides that cover
     95-108 % of it). A plain photo whose sky floods to the horizon is not one: what is left touches
     the frame's edge."""
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
     h, w = pixels.shape[:2]
+    if min(h, w) < 8 or pixels.shape[2] < 3:
+        return None
     f = QUAD_SIDE / max(h, w)
     small = cv2.resize(pixels, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(np.ascontiguousarray(small[..., :3]), (0, 0), QUAD_BLUR)
@@ -230,11 +243,7 @@ def picture_quad(pixels: np.ndarray) -> Quad | None:
             continue
         quad = _four_sides(polygon)
         if quad is not None and 0.95 <= cv2.contourArea(quad.astype(np.float32)) / hull_area <= 1.08:
-            total, diff = quad.sum(axis=1), quad[:, 0] - quad[:, 1]
-            ordered = np.clip(
-                quad[[np.argmin(total), np.argmax(diff), np.argmax(total), np.argmin(diff)]] / (sw, sh), 0, 1
-            )
-            return Quad(tuple((float(x), float(y)) for x, y in ordered))  # type: ignore[arg-type]
+            return Quad(tuple((float(x), float(y)) for x, y in _clockwise(quad / (sw, sh))))  # type: ignore[arg-type]
     return None
 
 
@@ -275,7 +284,7 @@ def inner_box(pixels: np.ndarray) -> tuple[Region, bool] | None:
 def is_upright(quad: Quad, tolerance: float = QUAD_UPRIGHT) -> bool:
     """Whether ``quad`` is a picture shown straight, in a frame or on a screen, rather than photographed
     at an angle: three of its sides lie along the frame's, within ``tolerance`` of its width and height
-    (a sticker or a caption over one corner moves two sides' ends, and the third side stays)."""
+    (a sticker over a corner of a screenshot's picture, cutting it along one side, moves one side's end)."""
     (x0, y0), (x1, y1), (x2, y2), (x3, y3) = quad.corners
     return sum(abs(d) <= tolerance for d in (x0 - x3, x1 - x2, y0 - y1, y3 - y2)) >= 3
 

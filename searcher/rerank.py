@@ -32,9 +32,8 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from searcher.frames import Original, inner_picture
-
 if TYPE_CHECKING:
+    from searcher.frames import Original
     from searcher.verify import Evidence, FeatureCache
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -107,8 +106,10 @@ def probe_views(
     pixels: np.ndarray, kinds: Sequence[str], trim: bool = True, original: Original | None = None
 ) -> list[np.ndarray]:
     """The model inputs to embed for one probe: ``kinds`` of it, and of its inside when it has a
-    frame (:func:`inner_picture`, cut from ``original`` when given: every kind inside a solid
-    frame, the first inside a screenshot)."""
+    frame (:func:`searcher.frames.inner_picture`, cut from ``original`` when given: every kind inside
+    a solid frame, the first inside a screenshot)."""
+    from searcher.frames import inner_picture  # OpenCV, imported only when a probe is embedded
+
     views = array_variants(pixels, kinds)
     inner, framed = inner_picture(pixels, original) if trim else (None, False)
     if inner is not None:

@@ -190,7 +190,7 @@ def test_picture_box_runs_equal_a_plain_loop() -> None:
 
 def test_a_picture_shown_straight_is_upright_and_one_photographed_at_an_angle_is_not() -> None:
     straight = frames.Quad(((0.1, 0.2), (0.9, 0.2), (0.9, 0.8), (0.1, 0.8)))
-    stickered = frames.Quad(((0.1, 0.2), (0.9, 0.2), (0.9, 0.8), (0.14, 0.78)))  # one corner covered
+    stickered = frames.Quad(((0.1, 0.2), (0.9, 0.2), (0.9, 0.8), (0.14, 0.8)))  # a corner cut along one side
     tilted = frames.Quad(((0.1, 0.2), (0.85, 0.25), (0.92, 0.8), (0.12, 0.76)))
     assert frames.is_upright(straight) and frames.is_upright(stickered)
     assert not frames.is_upright(tilted)
