@@ -810,13 +810,13 @@ class _Verifier:
         from searcher.rerank import is_tied, verify_and_order
 
         tried = [int(i) for i in order[:top]]
-        best, evidence = verify_and_order(probe, [path_of[i] for i in tried], self.cache, self.copy_at)
         head = len(tried)
-        if deeper > 0 and not any(is_tied(e, self.copy_at) for e in evidence):
-            tried += [int(i) for i in order[top : top + deeper]]
-            best, evidence = verify_and_order(
-                probe, [path_of[i] for i in tried], self.cache, self.copy_at, known=evidence
-            )  # fmt: skip
+        more = [int(i) for i in order[top : top + max(0, deeper)]]
+        best, evidence = verify_and_order(
+            probe, [path_of[i] for i in tried], self.cache, self.copy_at, [path_of[i] for i in more]
+        )  # fmt: skip
+        if len(evidence) > head:  # nothing among the first was tied: the deeper ones were verified too
+            tried += more
         joined = [tried[j] for j in best if j < head or is_tied(evidence[j], self.copy_at)]
         taken = set(joined)
         new_order = np.asarray(joined + [int(i) for i in order[top:] if int(i) not in taken], np.int64)

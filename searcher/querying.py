@@ -60,11 +60,11 @@ def verified_order(
 
     head, tail = hits[:top], hits[top:]
     tried = [*head, *extra]
-    order, evidence = verify_and_order(probe, [h.path for h in tried], cache, copy_at)
     shallow = len(tried)
-    if deeper > 0 and tail and not any(is_tied(e, copy_at) for e in evidence):
-        tried += tail[:deeper]
-        order, evidence = verify_and_order(probe, [h.path for h in tried], cache, copy_at, known=evidence)
+    more = tail[: max(0, deeper)]
+    order, evidence = verify_and_order(probe, [h.path for h in tried], cache, copy_at, [h.path for h in more])
+    if len(evidence) > shallow:  # nothing among the first was tied: the deeper ones were verified too
+        tried += more
     for hit, (score, inliers, _) in zip(tried, evidence, strict=True):
         hit.verified = score
         hit.inliers = inliers if score < copy_at else None

@@ -284,19 +284,23 @@ def verified_head(
 
 
 def verify_and_order(
-    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float, known: Sequence[Evidence] = ()
+    probe: str, paths: Sequence[str], cache: FeatureCache, copy_at: float, deeper: Sequence[str] = ()
 ) -> tuple[list[int], list[Evidence]]:
     """Verify ``paths`` (the first results, in CNN order) against ``probe`` and order them as the
     default query does (:func:`verified_head`): the new order of their positions, and each one's
     (verified score, homography inliers: :func:`searcher.verify.verified_evidence`; a probe with a
     frame, such as a screenshot, has the picture inside it verified too), then a burst twin of the first
-    result that the probe is a copy of put first (:func:`searcher.twins.settle_twins`). ``known``: the
-    evidence of the first paths, verified already."""
+    result that the probe is a copy of put first (:func:`searcher.twins.settle_twins`). ``deeper``: the
+    next results, verified too (and then among the positions) only when none of ``paths`` is tied to the
+    probe (:func:`is_tied`); ``len(evidence)`` says whether they were."""
     from searcher.twins import settle_twins
     from searcher.verify import verified_evidence
 
-    known = list(known[: len(paths)])
-    evidence = known + verified_evidence(probe, paths[len(known) :], cache, copy_at, SPATIAL_INLIERS, inside=True)
+    paths = list(paths)
+    evidence = verified_evidence(probe, paths, cache, copy_at, SPATIAL_INLIERS, inside=True)
+    if deeper and not any(is_tied(e, copy_at) for e in evidence):
+        paths += deeper
+        evidence += verified_evidence(probe, deeper, cache, copy_at, SPATIAL_INLIERS, inside=True)
     order = verified_head(
         [], [e.score for e in evidence], [e.inliers for e in evidence], copy_at, turned=[e.turned for e in evidence]
     )
